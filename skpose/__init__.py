@@ -1,0 +1,92 @@
+"""skpose: cryo-EM particle orientations from a neural network, scikit-learn style.
+
+The geometry core (every convention is in ``docs/conventions.md``):
+
+- :mod:`skpose.rotations`: quaternions ``(w, x, y, z)``, RELION Euler angles,
+  axis-angle and cryoSPARC poses.
+- :mod:`skpose.symmetry`: point groups in RELION's settings.
+- :mod:`skpose.projection`: differentiable Fourier-slice projector (RELION's
+  convention) and a real-space reference.
+- :mod:`skpose.ctf`: RELION's CTF.
+- :mod:`skpose.io`, :mod:`skpose.preprocess`: MRC, STAR, cryoSPARC; rescaling and
+  normalisation.
+- :mod:`skpose.simulate`, :mod:`skpose.metrics`: simulated particles, reprojection RMSE
+  and angular errors.
+"""
+
+from skpose.ctf import CTFParams, compute_ctf
+from skpose.io import (
+    Particles,
+    read_cryosparc,
+    read_images,
+    read_particles,
+    read_volume,
+    write_images,
+    write_particles,
+    write_volume,
+)
+from skpose.metrics import (
+    angular_error,
+    error_summary,
+    reprojection_rmse,
+    reprojection_scorer,
+)
+from skpose.preprocess import (
+    fourier_crop,
+    fourier_pad,
+    fourier_resize,
+    normalize_images,
+)
+from skpose.projection import FourierProjector, project, project_real_space
+from skpose.rotations import (
+    geodesic_distance,
+    matrix_to_quat,
+    quat_to_matrix,
+    quat_to_relion_euler,
+    random_quaternions,
+    relion_euler_to_quat,
+)
+from skpose.simulate import (
+    SimulatedParticles,
+    phantom_volume,
+    simulate_particles,
+    symmetrize_volume,
+)
+from skpose.symmetry import symmetry_group
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "CTFParams",
+    "FourierProjector",
+    "Particles",
+    "SimulatedParticles",
+    "angular_error",
+    "compute_ctf",
+    "error_summary",
+    "fourier_crop",
+    "fourier_pad",
+    "fourier_resize",
+    "geodesic_distance",
+    "matrix_to_quat",
+    "normalize_images",
+    "phantom_volume",
+    "project",
+    "project_real_space",
+    "quat_to_matrix",
+    "quat_to_relion_euler",
+    "random_quaternions",
+    "read_cryosparc",
+    "read_images",
+    "read_particles",
+    "read_volume",
+    "relion_euler_to_quat",
+    "reprojection_rmse",
+    "reprojection_scorer",
+    "simulate_particles",
+    "symmetrize_volume",
+    "symmetry_group",
+    "write_images",
+    "write_particles",
+    "write_volume",
+]

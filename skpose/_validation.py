@@ -1,0 +1,95 @@
+"""Input checks shared by every module: one wording for every error message."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = [
+    "as_quaternions",
+    "check_finite",
+    "check_images",
+    "check_volume",
+    "to_tensor",
+]
+
+
+def to_tensor(x, name: str, *, dtype=None, device=None) -> torch.Tensor:
+    """Convert array-likes to a floating torch tensor, naming ``name`` on failure."""
+    if isinstance(x, torch.Tensor):
+        t = x
+    else:
+        try:
+            arr = np.asarray(x)
+        except Exception as exc:  # pragma: no cover - numpy raises many types
+            raise TypeError(
+                f"Expected '{name}' to be an array-like of numbers, got "
+                f"{type(x).__name__}."
+            ) from exc
+        if arr.dtype == object or not (
+            np.issubdtype(arr.dtype, np.number) or arr.dtype == bool
+        ):
+            raise TypeError(
+                f"Expected '{name}' to be an array of numbers, got dtype {arr.dtype}."
+            )
+        if not np.issubdtype(arr.dtype, np.floating) or arr.dtype == np.float16:
+            arr = arr.astype(np.float64)
+        arr = np.ascontiguousarray(arr)
+        if not arr.flags.writeable:  # memory-mapped stacks: torch needs a copy
+            arr = arr.copy()
+        t = torch.from_numpy(arr)
+    if not t.is_floating_point():
+        t = t.to(torch.float64)
+    if dtype is not None or device is not None:
+        t = t.to(dtype=dtype or t.dtype, device=device or t.device)
+    return t
+
+
+def check_finite(t: torch.Tensor, name: str) -> None:
+    """Raise ``ValueError`` when ``t`` holds NaN or inf."""
+    if not torch.isfinite(t).all():
+        n_bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(
+            f"Expected '{name}' to be finite, but it holds {n_bad} NaN or inf values."
+        )
+
+
+def as_quaternions(q, name: str = "quaternions", *, normalize: bool = True):
+    """Validate ``(..., 4)`` quaternions; reject zero-norm and non-finite rows."""
+    t = to_tensor(q, name)
+    if t.ndim == 0 or t.shape[-1] != 4:
+        raise ValueError(
+            f"Expected '{name}' to have shape (..., 4) (w, x, y, z), got "
+            f"{tuple(t.shape)}."
+        )
+    check_finite(t, name)
+    norm = torch.linalg.vector_norm(t, dim=-1, keepdim=True)
+    if (norm < 1e-12).any():
+        raise ValueError(
+            f"Expected '{name}' to be non-zero quaternions; some have norm 0."
+        )
+    return t / norm if normalize else t
+
+
+def check_images(images, name: str = "images") -> torch.Tensor:
+    """Validate a stack of square images ``(n, N, N)``."""
+    t = to_tensor(images, name)
+    if t.ndim != 3 or t.shape[-1] != t.shape[-2]:
+        raise ValueError(
+            f"Expected '{name}' to have shape (n, H, W) with H == W, got "
+            f"{tuple(t.shape)}."
+        )
+    check_finite(t, name)
+    return t
+
+
+def check_volume(volume, name: str = "volume") -> torch.Tensor:
+    """Validate a cubic volume ``(N, N, N)`` indexed ``[z, y, x]``."""
+    t = to_tensor(volume, name)
+    if t.ndim != 3 or not (t.shape[0] == t.shape[1] == t.shape[2]):
+        raise ValueError(
+            f"Expected '{name}' to be a cubic volume of shape (N, N, N), got "
+            f"{tuple(t.shape)}."
+        )
+    check_finite(t, name)
+    return t

@@ -1,0 +1,108 @@
+"""RELION's CTF: formula written out, sign, astigmatism direction, bad input."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from skpose.ctf import CTFParams, compute_ctf, electron_wavelength_angstrom
+
+
+def relion_getctf(kx, ky, du, dv, angle_deg, voltage_kv, cs_mm, q0, phase_deg, bfac):
+    """RELION's CTF::getCTF (src/ctf.h), scalar, written out independently."""
+    volts = voltage_kv * 1e3
+    lam = 12.2643247 / math.sqrt(volts * (1.0 + volts * 0.978466e-6))
+    k1 = math.pi / 2 * 2 * lam
+    k2 = math.pi / 2 * cs_mm * 1e7 * lam**3
+    k3 = math.atan(q0 / math.sqrt(1 - q0 * q0))
+    k4 = -bfac / 4.0
+    k5 = math.radians(phase_deg)
+    u2 = kx * kx + ky * ky
+    ellipsoid_ang = math.atan2(ky, kx) - math.radians(angle_deg)
+    deltaf = -(du + dv) / 2 - (du - dv) / 2 * math.cos(2 * ellipsoid_ang)
+    argument = k1 * deltaf * u2 + k2 * u2 * u2 - k5 - k3
+    return -math.sin(argument) * math.exp(k4 * u2)
+
+
+PARAMS = {
+    "du": 18000.0,
+    "dv": 16500.0,
+    "angle_deg": 35.0,
+    "voltage_kv": 200.0,
+    "cs_mm": 1.4,
+    "q0": 0.1,
+    "phase_deg": 20.0,
+    "bfac": 50.0,
+}
+
+
+def make(n=1, **kw):
+    p = {**PARAMS, **kw}
+    return CTFParams(
+        defocus_u_angstrom=np.full(n, p["du"]),
+        defocus_v_angstrom=np.full(n, p["dv"]),
+        defocus_angle_deg=np.full(n, p["angle_deg"]),
+        pixel_size_angstrom=np.full(n, 1.5),
+        voltage_kv=p["voltage_kv"],
+        cs_mm=p["cs_mm"],
+        amplitude_contrast=p["q0"],
+        phase_shift_deg=p["phase_deg"],
+        bfactor=p["bfac"],
+    )
+
+
+def test_wavelength():
+    assert electron_wavelength_angstrom(300.0) == pytest.approx(0.019687, abs=1e-6)
+    assert electron_wavelength_angstrom(200.0) == pytest.approx(0.025079, abs=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matches_relion_formula(dtype, device):
+    n = 32
+    ctf = compute_ctf(make(), n, dtype=dtype, device=device)[0].cpu().double().numpy()
+    freq = np.fft.fftfreq(n) / 1.5
+    for iy, ix in [(0, 0), (1, 0), (0, 3), (5, 7), (31, 2), (16, 16), (20, 9)]:
+        ref = relion_getctf(freq[ix], freq[iy], **PARAMS)
+        assert ctf[iy, ix] == pytest.approx(
+            ref, abs={torch.float32: 2e-5, torch.float64: 1e-12}[dtype]
+        )
+
+
+def test_positive_first_lobe_and_dc_equals_amplitude_contrast():
+    ctf = compute_ctf(make(phase_deg=0.0, bfac=0.0), 64, dtype=torch.float64)[0]
+    assert float(ctf[0, 0]) == pytest.approx(0.1, abs=1e-12)
+    assert float(ctf[0, 1]) > 0.1  # rises from Q0 within the first lobe
+
+
+def test_astigmatism_direction():
+    """Along the astigmatism angle the defocus is DefocusU; at +90 degrees DefocusV."""
+    n = 128
+    astig = compute_ctf(
+        make(du=20000.0, dv=10000.0, angle_deg=0.0), n, dtype=torch.float64
+    )[0]
+    round_u = compute_ctf(make(du=20000.0, dv=20000.0), n, dtype=torch.float64)[0]
+    round_v = compute_ctf(make(du=10000.0, dv=10000.0), n, dtype=torch.float64)[0]
+    assert torch.allclose(astig[0, :], round_u[0, :])  # along x (ky = 0)
+    assert torch.allclose(astig[:, 0], round_v[:, 0])  # along y
+
+
+def test_batch_and_subset():
+    p = CTFParams(
+        np.array([1e4, 2e4, 3e4]), np.array([1e4, 2e4, 3e4]), np.zeros(3), 1.0
+    )
+    assert len(p) == 3
+    full = compute_ctf(p, 16, dtype=torch.float64)
+    sub = compute_ctf(p[[2]], 16, dtype=torch.float64)
+    assert torch.allclose(full[2], sub[0])
+
+
+def test_bad_input():
+    with pytest.raises(TypeError, match="'params'"):
+        compute_ctf({"defocus": 1}, 16)
+    with pytest.raises(ValueError, match="pixel_size_angstrom"):
+        compute_ctf(CTFParams(1e4, 1e4, 0.0, 0.0), 16)
+    with pytest.raises(ValueError, match="amplitude_contrast"):
+        compute_ctf(CTFParams(1e4, 1e4, 0.0, 1.0, amplitude_contrast=1.5), 16)
+    with pytest.raises(ValueError, match="box_size"):
+        compute_ctf(CTFParams(1e4, 1e4, 0.0, 1.0), 1)
