@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse
 import torch
 
 __all__ = [
@@ -14,30 +15,45 @@ __all__ = [
 ]
 
 
+def _numeric_array(x, name: str) -> np.ndarray:
+    """A real, numeric, writable, contiguous numpy array (or a clear error)."""
+    if scipy.sparse.issparse(x):
+        raise TypeError(
+            f"Expected '{name}' to be a dense array: sparse input is not supported "
+            "(images are dense); convert it with .toarray()."
+        )
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # pragma: no cover - numpy raises many types
+        raise TypeError(
+            f"Expected '{name}' to be an array-like of numbers, got {type(x).__name__}."
+        ) from exc
+    if np.iscomplexobj(arr):
+        raise ValueError(
+            f"Complex data not supported: expected '{name}' to be real numbers."
+        )
+    if arr.dtype == object:
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"Expected '{name}' to be an array of numbers: {exc}"
+            ) from exc
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise TypeError(
+            f"Expected '{name}' to be an array of numbers, got dtype {arr.dtype}."
+        )
+    if not np.issubdtype(arr.dtype, np.floating) or arr.dtype == np.float16:
+        arr = arr.astype(np.float64)
+    arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:  # memory-mapped stacks: torch needs a copy
+        arr = arr.copy()
+    return arr
+
+
 def to_tensor(x, name: str, *, dtype=None, device=None) -> torch.Tensor:
     """Convert array-likes to a floating torch tensor, naming ``name`` on failure."""
-    if isinstance(x, torch.Tensor):
-        t = x
-    else:
-        try:
-            arr = np.asarray(x)
-        except Exception as exc:  # pragma: no cover - numpy raises many types
-            raise TypeError(
-                f"Expected '{name}' to be an array-like of numbers, got "
-                f"{type(x).__name__}."
-            ) from exc
-        if arr.dtype == object or not (
-            np.issubdtype(arr.dtype, np.number) or arr.dtype == bool
-        ):
-            raise TypeError(
-                f"Expected '{name}' to be an array of numbers, got dtype {arr.dtype}."
-            )
-        if not np.issubdtype(arr.dtype, np.floating) or arr.dtype == np.float16:
-            arr = arr.astype(np.float64)
-        arr = np.ascontiguousarray(arr)
-        if not arr.flags.writeable:  # memory-mapped stacks: torch needs a copy
-            arr = arr.copy()
-        t = torch.from_numpy(arr)
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(_numeric_array(x, name))
     if not t.is_floating_point():
         t = t.to(torch.float64)
     if dtype is not None or device is not None:

@@ -111,6 +111,7 @@ class FourierProjector:
         # (1, 2, M, M, M): real and imaginary parts as channels for grid_sample.
         self._ft = torch.stack((ft.real, ft.imag))[None]
         self._grid_size = ft.shape[-1]
+        self._inside = None  # frequencies sampled, computed on first use
 
     def __call__(self, quaternions, shifts_px=None, ctf=None) -> torch.Tensor:
         """Project at ``quaternions`` (see :func:`project`)."""
@@ -130,33 +131,44 @@ class FourierProjector:
         img = torch.fft.irfft2(ft_slice, s=(self.box_size, self.box_size))
         return torch.fft.fftshift(img, dim=(-2, -1))
 
+    def _inside_frequencies(self):
+        """Half-plane frequencies within the Nyquist circle: flat indices and ``k``."""
+        n = self.box_size
+        ky = torch.fft.fftfreq(n, d=1.0 / n, dtype=self.dtype, device=self.device)
+        kx = torch.fft.rfftfreq(n, d=1.0 / n, dtype=self.dtype, device=self.device)
+        gy, gx = torch.meshgrid(ky, kx, indexing="ij")
+        inside = ((gx**2 + gy**2) <= (n / 2) ** 2).reshape(-1)
+        k2d = torch.stack((gx, gy), dim=-1).reshape(-1, 2)[inside]  # (K, 2)
+        return torch.nonzero(inside).squeeze(1), k2d * self.pad
+
     def central_slice(self, quat: torch.Tensor) -> torch.Tensor:
         """Half-plane central slices ``F_V(R^T k)``, shape ``(n, N, N // 2 + 1)``.
 
         Frequencies are in ``torch.fft.rfft2`` layout with the real-space origin at
-        index 0; values outside the Nyquist circle are zero.
+        index 0; values outside the Nyquist circle are zero (and are never sampled).
         """
         n, p = self.box_size, self.padded_size
+        if self._inside is None:
+            self._inside = self._inside_frequencies()
+        index, k2d = self._inside  # (K,), (K, 2) in padded-grid pixels
         rot = quat_to_matrix(quat)  # (b, 3, 3)
-        ky = torch.fft.fftfreq(n, d=1.0 / n, dtype=self.dtype, device=self.device)
-        kx = torch.fft.rfftfreq(n, d=1.0 / n, dtype=self.dtype, device=self.device)
-        gy, gx = torch.meshgrid(ky, kx, indexing="ij")
-        inside = (gx**2 + gy**2) <= (n / 2) ** 2
-        k2d = torch.stack((gx, gy), dim=-1) * self.pad  # (N, N//2+1, 2) in padded px
         # R^T (kx, ky, 0): contract with the first two rows of R.
-        k3d = torch.einsum("hwi,bij->bhwj", k2d, rot[:, :2, :])  # (b, N, N//2+1, 3)
-        # grid_sample wants (x, y, z) in [-1, 1] over indices 0..P-1 (align_corners).
+        k3d = torch.einsum("ki,bij->bkj", k2d, rot[:, :2, :])  # (b, K, 3)
+        # grid_sample wants (x, y, z) in [-1, 1] over the grid's indices.
         grid = (k3d + p // 2) * (2.0 / (self._grid_size - 1)) - 1.0
         sampled = F.grid_sample(
-            self._ft.expand(1, -1, -1, -1, -1),
-            grid[None].reshape(1, grid.shape[0], grid.shape[1], grid.shape[2], 3),
+            self._ft,
+            grid[None, :, :, None, :],
             mode="bilinear",
             padding_mode="zeros",
             align_corners=True,
-        )[0]  # (2, b, N, N//2+1)
+        )[0, :, :, :, 0]  # (2, b, K)
         # The padded volume's origin sat at index 0 for its FFT, so the slice describes
         # an image whose origin is at index 0 too.
-        return torch.complex(sampled[0], sampled[1]) * inside
+        values = torch.complex(sampled[0], sampled[1])
+        out = values.new_zeros(quat.shape[0], n * (n // 2 + 1))
+        out = out.index_copy(1, index, values)
+        return out.reshape(quat.shape[0], n, n // 2 + 1)
 
 
 def phase_shift(shifts_px, box_size: int, *, half: bool = False) -> torch.Tensor:
