@@ -12,9 +12,14 @@ The geometry core (every convention is in ``docs/conventions.md``):
   normalisation.
 - :mod:`skpose.simulate`, :mod:`skpose.metrics`: simulated particles, reprojection RMSE
   and angular errors.
+
+The estimator: :class:`OrientationEstimator` (:mod:`skpose.estimator`), the paper's
+network (:mod:`skpose.network`) trained with its losses (:mod:`skpose.losses`) through
+skorch.
 """
 
 from skpose.ctf import CTFParams, compute_ctf
+from skpose.estimator import OrientationEstimator
 from skpose.io import (
     Particles,
     read_cryosparc,
@@ -59,6 +64,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "CTFParams",
     "FourierProjector",
+    "OrientationEstimator",
     "Particles",
     "SimulatedParticles",
     "angular_error",

@@ -265,7 +265,7 @@ def circular_mask(
     return mask.to(dtype)
 
 
-def normalize_images(images, radius: float | None = None):
+def normalize_images(images, radius: float | None = None, *, constant: str = "raise"):
     """Normalise each image to zero mean and unit variance of its background.
 
     As RELION's particle extraction: the mean and standard deviation (population,
@@ -282,6 +282,10 @@ def normalize_images(images, radius: float | None = None):
         Background radius in pixels; pixels with distance ``> radius`` are background.
         Default ``0.375 * N`` (RELION's default background circle: diameter 75% of
         the box).
+    constant : {"raise", "whole"}, default "raise"
+        What to do with an image whose background is constant (masked particles,
+        blank images): raise, or normalise it by the statistics of the whole image
+        (dividing by 1 when the whole image is constant too).
 
     Returns
     -------
@@ -292,7 +296,8 @@ def normalize_images(images, radius: float | None = None):
     ------
     ValueError
         Images not ``(n, N, N)`` or not finite; a radius leaving fewer than 2
-        background pixels; an image with a constant background.
+        background pixels; an image with a constant background (with
+        ``constant="raise"``).
 
     Examples
     --------
@@ -317,8 +322,17 @@ def normalize_images(images, radius: float | None = None):
     values = t[:, background]
     mean = values.mean(dim=-1)
     std = values.std(dim=-1, correction=0)
+    if constant not in ("raise", "whole"):
+        raise ValueError(
+            f"Expected 'constant' to be 'raise' or 'whole', got {constant!r}."
+        )
     flat = std <= torch.finfo(t.dtype).tiny
-    if flat.any():
+    if flat.any() and constant == "whole":
+        whole = t.reshape(t.shape[0], -1)
+        mean = torch.where(flat, whole.mean(dim=-1), mean)
+        std = torch.where(flat, whole.std(dim=-1, correction=0), std)
+        std = torch.where(std <= torch.finfo(t.dtype).tiny, torch.ones_like(std), std)
+    elif flat.any():
         raise ValueError(
             f"Image {int(torch.nonzero(flat)[0, 0])} of 'images' has a constant "
             f"background (outside radius {r0}); cannot normalise it."

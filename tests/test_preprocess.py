@@ -214,6 +214,11 @@ def test_normalize_errors():
         ValueError, match=r"Image 1 of 'images' has a constant background"
     ):
         normalize_images(flat)
+    # On request, whole-image statistics instead (a blank image stays blank).
+    out = normalize_images(flat, constant="whole")
+    assert np.allclose(out[1], 0.0) and np.isfinite(out).all()
+    with pytest.raises(ValueError, match="'constant'"):
+        normalize_images(noise, constant="ignore")
 
 
 def test_circular_mask():

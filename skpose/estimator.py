@@ -1,0 +1,610 @@
+"""``OrientationEstimator``: the paper's network as a scikit-learn estimator.
+
+scikit-learn shape: ``__init__`` stores its arguments; ``fit`` validates them, prepares
+the data and trains; fitted state ends in ``_``; ``predict`` returns canonical unit
+quaternions; ``score`` is minus the reprojection RMSE, so ``GridSearchCV`` maximises it
+without a ``scoring=``. skorch runs the network inside (``net_``, a
+:class:`skorch.NeuralNet` whose criterion is the paper's weighted loss, eq. 15).
+
+Data preparation (the same in ``fit``, ``predict`` and ``score``): images ``(n, N, N)``
+(or flattened ``(n, N * N)``) are Fourier-rescaled to ``image_size`` and normalised like
+RELION does (zero mean, unit variance of the background outside a circle of radius
+0.375 N); the map is rescaled to ``image_size`` too and must have the images' box.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+from skorch import NeuralNet
+from skorch.callbacks import LRScheduler, ProgressBar
+from torch import nn
+from tqdm.auto import tqdm
+
+from skpose._validation import check_finite, to_tensor
+from skpose.losses import reprojection_scale, weighted_loss
+from skpose.metrics import reprojection_rmse
+from skpose.network import OrientationNet, resolve_image_size
+from skpose.preprocess import fourier_resize, normalize_images
+from skpose.projection import FourierProjector
+from skpose.rotations import quat_canonical
+from skpose.symmetry import group_order
+
+__all__ = ["OrientationEstimator"]
+
+_UNIT_TOLERANCE = 1e-3
+
+
+class OrientationLoss(nn.Module):
+    """The weighted objective (eq. 15) as a skorch criterion.
+
+    ``y_true`` packs the true quaternions and RELION origins: ``(n, 6)`` = ``(w, x, y,
+    z, ox, oy)``. The map is a buffer (it follows the net's device); its projector is
+    built on first use and never pickled.
+    """
+
+    def __init__(self, volume, w: float, scale: float, symmetry: str | None):
+        super().__init__()
+        self.register_buffer("volume", torch.as_tensor(volume, dtype=torch.float32))
+        self.w, self.scale, self.symmetry = w, scale, symmetry
+        self._projector = None
+
+    def projector(self) -> FourierProjector:
+        """The map's Fourier projector on the buffer's current device."""
+        p = self._projector
+        if p is None or p.device != self.volume.device:
+            self._projector = p = FourierProjector(self.volume)
+        return p
+
+    def forward(self, q_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+        """Loss of predicted quaternions against packed targets."""
+        projector = self.projector() if self.w < 1 else None
+        return weighted_loss(
+            q_pred,
+            y_true[:, :4],
+            w=self.w,
+            projector=projector,
+            shifts_px=y_true[:, 4:6],
+            scale=self.scale,
+            symmetry=self.symmetry,
+        )
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_projector"] = None
+        return state
+
+
+class _IterationSampler(torch.utils.data.Sampler):
+    """Shuffled indices for exactly ``total_batches`` batches, split into epochs.
+
+    An epoch is one pass over the data (the last one shorter), so that ``max_iter``
+    counts iterations as the paper does while skorch reports per epoch.
+    """
+
+    def __init__(self, n: int, batch_size: int, total_batches: int, seed: int):
+        self.n, self.batch_size, self.remaining = n, batch_size, total_batches
+        self.per_epoch = max(1, math.ceil(n / batch_size))
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return min(self.per_epoch, self.remaining) * self.batch_size
+
+    def __iter__(self):
+        batches = min(self.per_epoch, self.remaining)
+        self.remaining -= batches
+        need = batches * self.batch_size
+        reps = math.ceil(need / self.n)
+        order = torch.cat([torch.randperm(self.n, generator=self.generator)] * reps)
+        return iter(order[:need].tolist())
+
+
+class _Net(NeuralNet):
+    """skorch's NeuralNet with inference in batches and a progress bar."""
+
+    def predict_quaternions(self, X: np.ndarray, verbose: bool) -> np.ndarray:
+        """Forward ``X`` in batches of ``batch_size``; numpy float64 ``(n, 4)``."""
+        self.module_.eval()
+        out = []
+        starts = range(0, len(X), self.batch_size)
+        with torch.no_grad():
+            for s in tqdm(starts, disable=not verbose, desc="predict", unit="batch"):
+                batch = torch.as_tensor(X[s : s + self.batch_size], device=self.device)
+                out.append(self.infer(batch).double().cpu())
+        if not out:
+            return np.zeros((0, 4))
+        return quat_canonical(torch.cat(out)).numpy()
+
+
+class _ArrayRepr:
+    """An array in an estimator's repr: ``<array (64, 64, 64) float32>``."""
+
+    def __init__(self, array):
+        self.text = f"<array {tuple(array.shape)} {array.dtype}>"
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "The 'device' parameter of OrientationEstimator is 'cuda', but no CUDA "
+            "device is available. Use 'cpu' or 'auto'."
+        )
+    return device
+
+
+class OrientationEstimator(BaseEstimator):
+    """Predict particle orientations (unit quaternions) from cryo-EM images.
+
+    The network of Lian et al. (2022) trained with their weighted objective
+    ``w * QD + (1 - w) * reprojection`` (eq. 15) through skorch.
+
+    Parameters
+    ----------
+    volume : array of shape (N, N, N) or str or Path
+        The map (``[z, y, x]``) or the path of an MRC file; its box must be the
+        images' box ``N``. Used by the reprojection loss and by :meth:`score`.
+    w : float, default 0.8
+        Weight of the QD loss in [0, 1]; ``1 - w`` weighs the reprojection loss. Large
+        ``w`` (>= 0.6) suits asymmetric particles, small (<= 0.4) symmetric ones.
+    lr : float, default 5e-5
+        Adam's initial learning rate; divided by 5 after 80 % of ``max_iter``.
+    max_iter : int, default 2000
+        Training iterations (batches), as the paper counts them.
+    batch_size : int, default 24
+    weight_decay : float, default 1e-4
+        Adam's L2 penalty.
+    image_size : int or None, default None
+        Network input side (a multiple of 16, >= 32); ``None``: 128 for ``"vgg16"``
+        (the paper) and 64 for ``"small"``.
+    architecture : {"vgg16", "small"}, default "vgg16"
+        The paper's network, or our narrow CPU configuration (see
+        :class:`skpose.network.OrientationNet`).
+    output : {"quaternion", "axis_angle"}, default "quaternion"
+        The network's rotation representation (paper Table 3).
+    pretrained : str or None, default None
+        A local VGG16 weights file in torchvision's layout (``"vgg16"`` only).
+    symmetry : str or None, default None
+        Point group for a symmetry-aware QD loss (our addition); ``None``: the paper's
+        plain QD loss.
+    device : {"auto", "cpu", "cuda"}, default "auto"
+    random_state : int or None, default None
+        Seeds weights and batch order: the same seed gives identical predictions on
+        the CPU.
+    verbose : int, default 0
+        0 silent; 1 skorch's epoch table and a progress bar in ``predict``; 2 adds a
+        progress bar over each epoch's batches.
+    warm_start : bool, default False
+        ``fit`` on an already fitted estimator continues training instead of starting
+        again (as :meth:`partial_fit` does).
+
+    Attributes
+    ----------
+    net_ : skorch.NeuralNet
+        The trained network (``net_.history`` holds the training losses).
+    volume_ : numpy.ndarray of shape (image_size,) * 3
+        The map rescaled to the network's input size.
+    input_box_ : int
+        Box size of the images ``fit`` saw (``predict`` requires the same).
+    image_size_ : int
+    reprojection_scale_ : float
+        Divides the reprojection loss (see :mod:`skpose.losses`).
+    n_iter_ : int
+        Iterations trained so far.
+    n_features_in_ : int
+        ``input_box_ ** 2``.
+
+    Examples
+    --------
+    >>> from skpose import phantom_volume, simulate_particles
+    >>> vol = phantom_volume(32)
+    >>> sim = simulate_particles(vol, 48, random_state=0)
+    >>> est = OrientationEstimator(vol, architecture="small", image_size=32,
+    ...                            max_iter=4, batch_size=16, lr=1e-3, random_state=0)
+    >>> est.fit(sim.images, sim.quaternions).predict(sim.images[:3]).shape
+    (3, 4)
+    """
+
+    def __init__(
+        self,
+        volume=None,
+        *,
+        w=0.8,
+        lr=5e-5,
+        max_iter=2000,
+        batch_size=24,
+        weight_decay=1e-4,
+        image_size=None,
+        architecture="vgg16",
+        output="quaternion",
+        pretrained=None,
+        symmetry=None,
+        device="auto",
+        random_state=None,
+        verbose=0,
+        warm_start=False,
+    ):
+        self.volume = volume
+        self.w = w
+        self.lr = lr
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.weight_decay = weight_decay
+        self.image_size = image_size
+        self.architecture = architecture
+        self.output = output
+        self.pretrained = pretrained
+        self.symmetry = symmetry
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+        self.warm_start = warm_start
+
+    def __repr__(self, N_CHAR_MAX=700):
+        # Show a map given as an array by its shape, not by its values.
+        volume = self.volume
+        if hasattr(volume, "shape") and not isinstance(volume, (str, Path)):
+            self.volume = _ArrayRepr(volume)
+        try:
+            return super().__repr__(N_CHAR_MAX)
+        finally:
+            self.volume = volume
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        tags.target_tags.single_output = False
+        tags.target_tags.multi_output = True
+        tags.non_deterministic = self.random_state is None
+        return tags
+
+    # ----------------------------------------------------------------------------
+    # Validation
+    # ----------------------------------------------------------------------------
+
+    def _param_error(self, name: str, expected: str) -> ValueError:
+        return ValueError(
+            f"The '{name}' parameter of OrientationEstimator must be {expected}. "
+            f"Got {getattr(self, name)!r} instead."
+        )
+
+    def _check_params(self) -> None:
+        checks = {
+            "w": (_is_real(self.w) and 0 <= self.w <= 1, "a float in [0, 1]"),
+            "lr": (
+                _is_real(self.lr) and self.lr > 0 and math.isfinite(self.lr),
+                "a float > 0",
+            ),
+            "max_iter": (_is_int(self.max_iter) and self.max_iter >= 1, "an int >= 1"),
+            "batch_size": (
+                _is_int(self.batch_size) and self.batch_size >= 1,
+                "an int >= 1",
+            ),
+            "weight_decay": (
+                _is_real(self.weight_decay) and self.weight_decay >= 0,
+                "a float >= 0",
+            ),
+            "device": (
+                self.device in ("auto", "cpu", "cuda"),
+                "one of 'auto', 'cpu', 'cuda'",
+            ),
+            "verbose": (_is_int(self.verbose) and self.verbose >= 0, "an int >= 0"),
+            "volume": (self.volume is not None, "an array (N, N, N) or an MRC path"),
+        }
+        for name, (ok, expected) in checks.items():
+            if not ok:
+                raise self._param_error(name, expected)
+        if self.symmetry is not None:
+            group_order(self.symmetry)  # raises a ValueError naming 'symmetry'
+
+    def _images(self, X, name: str = "images") -> np.ndarray:
+        """Validate images: (n, N, N), or (n, N * N) flattened; finite."""
+        t = to_tensor(X, name)
+        if t.ndim < 2:
+            raise ValueError(
+                f"Expected '{name}' to be images (n, N, N) or flattened images "
+                f"(n, N * N), got an array of shape {tuple(t.shape)}. Reshape your "
+                "data: a single image is images[None]."
+            )
+        if t.ndim == 2 and t.shape[1] == 0:
+            raise ValueError(
+                f"0 feature(s) (shape={tuple(t.shape)}) while a minimum of 1 is "
+                f"required: '{name}' holds no pixels."
+            )
+        if t.ndim == 2:
+            side = math.isqrt(t.shape[1])
+            if side * side != t.shape[1]:
+                raise ValueError(
+                    f"Expected '{name}' to have shape (n, H, W) with H == W, or "
+                    f"(n, N * N) flattened square images; got {tuple(t.shape)}, "
+                    f"whose {t.shape[1]} features are not a square number."
+                )
+            t = t.reshape(-1, side, side)
+        if t.ndim != 3 or t.shape[-1] != t.shape[-2] or t.shape[0] < 1:
+            raise ValueError(
+                f"Expected '{name}' to have shape (n, H, W) with H == W and n >= 1, "
+                f"got {tuple(t.shape)}."
+            )
+        check_finite(t, name)
+        return t.to(torch.float32)
+
+    def _quaternions(self, y, n: int) -> np.ndarray:
+        if y is None:
+            raise ValueError(
+                "OrientationEstimator requires y to be passed, but the target y is "
+                "None: pass the particles' quaternions (n, 4)."
+            )
+        q = to_tensor(y, "quaternions").to(torch.float64)
+        if q.ndim != 2 or q.shape[1] != 4:
+            raise ValueError(
+                f"Expected 'quaternions' to have shape (n, 4) (w, x, y, z), got "
+                f"{tuple(q.shape)}."
+            )
+        if q.shape[0] != n:
+            raise ValueError(
+                f"'images' and 'quaternions' have different lengths: {n} and "
+                f"{q.shape[0]}."
+            )
+        check_finite(q, "quaternions")
+        norm = torch.linalg.vector_norm(q, dim=1)
+        bad = (norm - 1).abs() > _UNIT_TOLERANCE
+        if bad.any():
+            i = int(torch.nonzero(bad)[0])
+            raise ValueError(
+                f"Expected 'quaternions' to be unit quaternions (norm within "
+                f"{_UNIT_TOLERANCE} of 1); row {i} has norm {float(norm[i]):.6g}. "
+                "Normalise them first (skpose refuses rather than guessing)."
+            )
+        return (q / norm[:, None]).numpy()
+
+    def _shifts(self, shifts, n: int, box: int) -> np.ndarray:
+        if shifts is None:
+            return np.zeros((n, 2))
+        s = to_tensor(shifts, "shifts").to(torch.float64)
+        if s.shape != (n, 2):
+            raise ValueError(
+                f"Expected 'shifts' to have shape ({n}, 2) (RELION origins in pixels), "
+                f"got {tuple(s.shape)}."
+            )
+        check_finite(s, "shifts")
+        return s.numpy() * (self.image_size_ / box)
+
+    def _load_volume(self) -> np.ndarray:
+        vol = self.volume
+        if isinstance(vol, (str, Path)):
+            from skpose.io import read_volume
+
+            vol, _ = read_volume(vol)
+        t = to_tensor(vol, "volume")
+        if t.ndim != 3 or not (t.shape[0] == t.shape[1] == t.shape[2]):
+            raise ValueError(
+                f"Expected 'volume' to be a cubic map (N, N, N), got {tuple(t.shape)}."
+            )
+        check_finite(t, "volume")
+        return t.to(torch.float32).numpy()
+
+    # ----------------------------------------------------------------------------
+    # Data preparation
+    # ----------------------------------------------------------------------------
+
+    def _prepare(self, images: torch.Tensor) -> np.ndarray:
+        """Rescale to the network's size and normalise; float32 numpy."""
+        if images.shape[-1] != self.image_size_:
+            images = fourier_resize(images, self.image_size_)
+        normalized = normalize_images(images, constant="whole")
+        return normalized.numpy().astype(np.float32, copy=False)
+
+    def _check_box(self, images: torch.Tensor, name: str = "images") -> None:
+        if images.shape[-1] != self.input_box_:
+            raise ValueError(
+                f"'{name}' are {images.shape[-1]} px but the model was fitted on "
+                f"{self.input_box_} px images. skpose refuses rather than guess the "
+                "pixel size: rescale them (skpose.fourier_resize) to "
+                f"{self.input_box_} px at the training pixel size, or refit."
+            )
+
+    # ----------------------------------------------------------------------------
+    # Fitting
+    # ----------------------------------------------------------------------------
+
+    def _build_net(self, volume_small: np.ndarray, total_batches: int, n: int):
+        seed = self._seed()
+        torch.manual_seed(seed)
+        projector = FourierProjector(torch.as_tensor(volume_small))
+        self.reprojection_scale_ = reprojection_scale(projector, random_state=seed)
+        callbacks = [
+            (
+                "lr_schedule",
+                LRScheduler(
+                    policy=torch.optim.lr_scheduler.MultiStepLR,
+                    milestones=[max(1, int(0.8 * self.max_iter))],
+                    gamma=0.2,
+                    step_every="batch",
+                ),
+            )
+        ]
+        if self.verbose >= 2:
+            callbacks.append(("progress", ProgressBar()))
+        net = _Net(
+            module=OrientationNet,
+            module__architecture=self.architecture,
+            module__image_size=self.image_size_,
+            module__output=self.output,
+            module__pretrained=self.pretrained,
+            criterion=OrientationLoss,
+            criterion__volume=volume_small,
+            criterion__w=float(self.w),
+            criterion__scale=self.reprojection_scale_,
+            criterion__symmetry=self.symmetry,
+            optimizer=torch.optim.Adam,
+            optimizer__weight_decay=self.weight_decay,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            max_epochs=1,
+            train_split=None,
+            callbacks=callbacks,
+            iterator_train__sampler=_IterationSampler(
+                n, self.batch_size, total_batches, seed
+            ),
+            verbose=int(self.verbose >= 1),
+            device=_resolve_device(self.device),
+        )
+        return net.initialize()
+
+    def _seed(self) -> int:
+        if self.random_state is None:
+            return int(np.random.default_rng().integers(2**31))
+        return int(np.random.default_rng(self.random_state).integers(2**31))
+
+    def fit(self, images, quaternions, shifts=None):
+        """Train the network on labelled images.
+
+        Parameters
+        ----------
+        images : array of shape (n, N, N) or (n, N * N)
+            Particle images ``[y, x]`` (flattened square images are accepted).
+        quaternions : array of shape (n, 4)
+            Their orientations ``(w, x, y, z)``, unit norm (our ``R`` = RELION's
+            ``A``).
+        shifts : array of shape (n, 2), optional
+            RELION origins in pixels (used by the reprojection loss); default zeros.
+
+        Returns
+        -------
+        self
+        """
+        if self.warm_start and hasattr(self, "net_"):
+            return self.partial_fit(images, quaternions, shifts)
+        self._check_params()
+        X = self._images(images)
+        q = self._quaternions(quaternions, X.shape[0])
+        volume = self._load_volume()
+        if volume.shape[0] != X.shape[-1]:
+            raise ValueError(
+                f"The 'volume' box ({volume.shape[0]} px) differs from the images' box "
+                f"({X.shape[-1]} px); both must share box and pixel size."
+            )
+        net_size = resolve_image_size(self.architecture, self.image_size)
+        self.image_size_ = net_size
+        self.input_box_ = X.shape[-1]
+        self.n_features_in_ = self.input_box_**2
+        self.volume_ = (
+            volume
+            if volume.shape[0] == net_size
+            else fourier_resize(volume, net_size, ndim=3)
+        )
+        y = np.concatenate([q, self._shifts(shifts, len(q), X.shape[-1])], axis=1)
+        self.net_ = self._build_net(self.volume_, self.max_iter, len(q))
+        self.n_iter_ = 0
+        return self._train(self._prepare(X), y.astype(np.float32))
+
+    def partial_fit(self, images, quaternions, shifts=None):
+        """Fine-tune: ``max_iter`` more iterations from the current weights.
+
+        Fits from scratch when the estimator is not fitted yet. The learning rate
+        continues from where the last schedule left it (the paper fine-tunes the
+        network in later refinement rounds).
+
+        Parameters
+        ----------
+        images, quaternions, shifts
+            As in :meth:`fit`; the images must have the fitted box.
+
+        Returns
+        -------
+        self
+        """
+        if not hasattr(self, "net_"):
+            warm, self.warm_start = self.warm_start, False
+            try:
+                return self.fit(images, quaternions, shifts)
+            finally:
+                self.warm_start = warm
+        self._check_params()
+        X = self._images(images)
+        self._check_box(X)
+        q = self._quaternions(quaternions, X.shape[0])
+        y = np.concatenate([q, self._shifts(shifts, len(q), X.shape[-1])], axis=1)
+        # A plain attribute: skorch's set_params would re-initialise the module.
+        self.net_.iterator_train__sampler = _IterationSampler(
+            len(q), self.batch_size, self.max_iter, self._seed()
+        )
+        return self._train(self._prepare(X), y.astype(np.float32))
+
+    def _train(self, X: np.ndarray, y: np.ndarray):
+        sampler = self.net_.iterator_train__sampler
+        epochs = math.ceil(sampler.remaining / sampler.per_epoch)
+        with warnings.catch_warnings():
+            # skorch warns that a sampler with shuffle=False is unusual; it is ours.
+            warnings.simplefilter("ignore", UserWarning)
+            self.net_.partial_fit(X, y, epochs=epochs)
+        self.n_iter_ += sum(len(h["batches"]) for h in self.net_.history[-epochs:])
+        return self
+
+    # ----------------------------------------------------------------------------
+    # Inference
+    # ----------------------------------------------------------------------------
+
+    def predict(self, images) -> np.ndarray:
+        """Orientations of images, in batches.
+
+        Parameters
+        ----------
+        images : array of shape (n, N, N) or (n, N * N)
+            With the box the estimator was fitted on.
+
+        Returns
+        -------
+        numpy.ndarray of shape (n, 4), float64
+            Canonical unit quaternions ``(w, x, y, z)``, ``w >= 0``.
+        """
+        check_is_fitted(self, "net_")
+        X = self._images(images)
+        self._check_box(X)
+        return self.net_.predict_quaternions(self._prepare(X), self.verbose >= 1)
+
+    def score(self, images, quaternions, shifts=None) -> float:
+        """Minus the reprojection RMSE (paper eq. 16): greater is better.
+
+        Computed on the map rescaled to the network's input size (``volume_``), so
+        scores compare models of the same ``image_size`` and map.
+
+        Parameters
+        ----------
+        images : array of shape (n, N, N) or (n, N * N)
+        quaternions : array of shape (n, 4)
+            True orientations.
+        shifts : array of shape (n, 2), optional
+            RELION origins in pixels.
+
+        Returns
+        -------
+        float
+            ``-RMSE`` (<= 0).
+        """
+        check_is_fitted(self, "net_")
+        X = self._images(images)
+        self._check_box(X)
+        q_true = self._quaternions(quaternions, X.shape[0])
+        q_pred = self.net_.predict_quaternions(self._prepare(X), self.verbose >= 1)
+        t = self._shifts(shifts, len(q_true), X.shape[-1])
+        return -reprojection_rmse(self.volume_, q_true, q_pred, t)
