@@ -22,6 +22,7 @@ __all__ = [
     "fourier_pad",
     "fourier_resize",
     "normalize_images",
+    "phase_flip",
 ]
 
 #: Default background radius as a fraction of the box side: RELION's extraction uses a
@@ -338,3 +339,38 @@ def normalize_images(images, radius: float | None = None, *, constant: str = "ra
             f"background (outside radius {r0}); cannot normalise it."
         )
     return _back((t - mean[:, None, None]) / std[:, None, None], was_numpy)
+
+
+def phase_flip(images, ctf):
+    """Multiply each image's transform by the sign of its CTF (phase flipping).
+
+    After phase flipping, every frequency has the contrast of the first lobe (RELION's
+    sign: positive), so the images look like CTF-free projections up to an amplitude
+    modulation; this is how skpose feeds CTF-affected particles to the network.
+
+    Parameters
+    ----------
+    images : torch.Tensor or numpy.ndarray of shape (n, N, N)
+        Images ``[y, x]`` with the origin at ``N // 2``.
+    ctf : skpose.ctf.CTFParams
+        ``n`` particles' parameters (their pixel size is the images').
+
+    Returns
+    -------
+    Same type as ``images``, shape (n, N, N)
+    """
+    from skpose.ctf import CTFParams, compute_ctf
+
+    was_numpy = not isinstance(images, torch.Tensor)
+    t = check_images(images)
+    if not isinstance(ctf, CTFParams):
+        raise TypeError(f"Expected 'ctf' to be a CTFParams, got {type(ctf).__name__}.")
+    if len(ctf) != t.shape[0]:
+        raise ValueError(
+            f"'images' and 'ctf' describe different numbers of particles: "
+            f"{t.shape[0]} and {len(ctf)}."
+        )
+    sign = torch.sign(compute_ctf(ctf, t.shape[-1], dtype=t.dtype, device=t.device))
+    ft = torch.fft.fft2(torch.fft.ifftshift(t, dim=(-2, -1)))
+    flipped = torch.fft.fftshift(torch.fft.ifft2(ft * sign).real, dim=(-2, -1))
+    return _back(flipped, was_numpy)

@@ -1,0 +1,354 @@
+"""The command line: the paper's workflow from RELION files to RELION files.
+
+CLI tests call ``main([...])`` and read the files it wrote; they never parse stdout.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import starfile
+
+import skpose
+from skpose.cli import main
+from skpose.preprocess import fourier_pad
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A simulated RELION set (32 px, CTF, shifts, SNR 2) and a small trained model."""
+    d = tmp_path_factory.mktemp("cli")
+    skpose.write_volume(d / "map.mrc", skpose.phantom_volume(32), 3.0)
+    argv = ["simulate", str(d / "map.mrc"), "--n", "300", "--snr", "2", "--ctf"]
+    assert (
+        main([*argv, "--max-shift", "2", "--seed", "0", "--out", str(d / "sim")]) == 0
+    )
+    assert (
+        main(
+            [
+                "split",
+                str(d / "sim/particles.star"),
+                "--fraction",
+                "0.2",
+                "--out",
+                str(d / "split"),
+            ]
+        )
+        == 0
+    )
+    fit = ["fit", str(d / "split/train.star"), "--volume", str(d / "map.mrc")]
+    assert (
+        main(
+            [
+                *fit,
+                "--out",
+                str(d / "model.joblib"),
+                "--max-iter",
+                "30",
+                "--verbose",
+                "0",
+            ]
+        )
+        == 0
+    )
+    return d
+
+
+def test_simulate_split_fit_write_what_they_say(workdir):
+    sim = skpose.read_particles(workdir / "sim/particles.star")
+    assert len(sim) == 300 and sim.version == "3.1"
+    train = skpose.read_particles(workdir / "split/train.star")
+    rest = skpose.read_particles(workdir / "split/rest.star")
+    assert len(train) == 60 and len(rest) == 240
+    names = set(train.data.rlnImageName) | set(rest.data.rlnImageName)
+    assert len(names) == 300
+    # The split's image names resolve from the new folder.
+    assert skpose.io.load_particle_images(rest, [0]).shape == (1, 32, 32)
+    model = __import__("joblib").load(workdir / "model.joblib")
+    assert model["box_size"] == 32 and model["pixel_size_angstrom"] == pytest.approx(
+        3.0
+    )
+    assert model["ctf"] == "phase-flipped" and len(model["map_sha256"]) == 64
+
+
+def test_predict_keeps_every_column_and_adds_confidence(workdir):
+    out = workdir / "predicted.star"
+    assert (
+        main(
+            [
+                "predict",
+                str(workdir / "split/rest.star"),
+                "--model",
+                str(workdir / "model.joblib"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    before = starfile.read(workdir / "split/rest.star")
+    after = starfile.read(out)
+    assert set(after) == set(before)  # the same blocks
+    assert after["optics"].equals(before["optics"])
+    cols = set(before["particles"].columns)
+    assert cols | {"rlnSkposeConfidence"} == set(after["particles"].columns)
+    for col in cols - {"rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"}:
+        assert np.array_equal(
+            after["particles"][col].to_numpy(), before["particles"][col].to_numpy()
+        ), col
+    conf = after["particles"]["rlnSkposeConfidence"].to_numpy()
+    assert np.all(np.abs(conf) <= 1) and conf.std() > 0
+
+
+def test_evaluate_writes_summary_and_plots(workdir):
+    pred = workdir / "predicted.star"
+    if not pred.exists():
+        main(
+            [
+                "predict",
+                str(workdir / "split/rest.star"),
+                "--model",
+                str(workdir / "model.joblib"),
+                "--out",
+                str(pred),
+            ]
+        )
+    report = workdir / "report"
+    args = ["evaluate", str(pred), str(workdir / "split/rest.star")]
+    assert (
+        main([*args, "--volume", str(workdir / "map.mrc"), "--out", str(report)]) == 0
+    )
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["n"] == 240 and 0 <= summary["median_deg"] <= 180
+    assert summary["reprojection_rmse"] > 0
+    errors = np.loadtxt(report / "angular_errors_deg.txt")
+    assert errors.shape == (240,)
+    for png in ("error_histogram.png", "error_by_direction.png", "projections.png"):
+        assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Against itself: zero error.
+    self_report = workdir / "self"
+    assert main(["evaluate", str(pred), str(pred), "--out", str(self_report)]) == 0
+    assert json.loads((self_report / "summary.json").read_text())["median_deg"] < 1e-3
+
+
+def test_six_optics_groups_keep_every_column(shared_data, tmp_path):
+    """RELION 3.1 input with 6 optics groups (1.24 and 1.25 A/px, box 196)."""
+    source = shared_data / "star/relion31.6opticsgroups.star"
+    blocks = starfile.read(source)
+    n = len(blocks["particles"])
+    small = skpose.phantom_volume(49)
+    sim = skpose.simulate_particles(small, n, random_state=0)
+    skpose.write_images(tmp_path / "stack.mrcs", fourier_pad(sim.images, 196), 1.24)
+    blocks["particles"]["rlnImageName"] = [f"{i + 1:06d}@stack.mrcs" for i in range(n)]
+    starfile.write(blocks, tmp_path / "in.star", overwrite=True)
+    volume = fourier_pad(small, 196, ndim=3)
+    skpose.write_volume(tmp_path / "map.mrc", volume, 1.24)
+    train = skpose.simulate_particles(small, 16, random_state=1)
+    est = skpose.OrientationEstimator(
+        tmp_path / "map.mrc",
+        architecture="small",
+        image_size=32,
+        max_iter=2,
+        batch_size=8,
+        random_state=0,
+        device="cpu",
+    )
+    est.fit(fourier_pad(train.images, 196), train.quaternions)
+    model = {
+        "format": "skpose-model-1",
+        "estimator": est,
+        "box_size": 196,
+        "pixel_size_angstrom": 1.24,
+        "map_sha256": "",
+        "ctf": "phase-flipped",
+        "skpose_version": skpose.__version__,
+    }
+    __import__("joblib").dump(model, tmp_path / "model.joblib")
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "in.star"),
+                "--model",
+                str(tmp_path / "model.joblib"),
+                "--out",
+                str(tmp_path / "out.star"),
+            ]
+        )
+        == 0
+    )
+    before, after = (
+        starfile.read(tmp_path / "in.star"),
+        starfile.read(tmp_path / "out.star"),
+    )
+    assert after["optics"].equals(before["optics"]) and len(after["optics"]) == 6
+    assert list(after["particles"].columns) == [
+        *before["particles"].columns,
+        "rlnSkposeConfidence",
+    ]
+    same = [
+        "rlnOpticsGroup",
+        "rlnImageName",
+        "rlnDefocusU",
+        "rlnOriginXAngst",
+        "rlnRandomSubset",
+    ]
+    for col in same:
+        assert np.array_equal(
+            after["particles"][col].to_numpy(), before["particles"][col].to_numpy()
+        )
+
+
+def _open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_predict_5000_particles_in_500_stacks_bounded_open_files(
+    workdir, tmp_path, monkeypatch
+):
+    """A STAR over 500 stacks never holds more than a bounded number open (< 64)."""
+    sim = skpose.simulate_particles(skpose.phantom_volume(32), 10, random_state=2)
+    names = []
+    for f in range(500):
+        skpose.write_images(tmp_path / f"s{f:03d}.mrcs", sim.images, 3.0)
+        names += [f"{i + 1:06d}@s{f:03d}.mrcs" for i in range(10)]
+    blocks = starfile.read(workdir / "sim/particles.star")
+    particles = blocks["particles"].iloc[np.arange(5000) % 300].reset_index(drop=True)
+    particles["rlnImageName"] = names
+    starfile.write(
+        {"optics": blocks["optics"], "particles": particles},
+        tmp_path / "big.star",
+        overwrite=True,
+    )
+    peak = {"open": 0}
+    original = skpose.io.ParticleImageLoader.load
+
+    def watched(self, *args, **kwargs):
+        peak["open"] = max(peak["open"], _open_files())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(skpose.io.ParticleImageLoader, "load", watched)
+    baseline = _open_files()
+    argv = [
+        "predict",
+        str(tmp_path / "big.star"),
+        "--model",
+        str(workdir / "model.joblib"),
+    ]
+    assert (
+        main([*argv, "--out", str(tmp_path / "big_out.star"), "--batch-size", "500"])
+        == 0
+    )
+    assert peak["open"] - baseline < 64
+    assert len(skpose.read_particles(tmp_path / "big_out.star")) == 5000
+
+
+@pytest.mark.parametrize(
+    "make, argv_tail, match",
+    [
+        ("no_image_name", [], "rlnImageName"),
+        ("index_past_end", [], "past the end|index"),
+        ("missing_stack", [], "does not exist|not found|No such"),
+        ("undefined_group", [], "optics group"),
+    ],
+)
+def test_bad_files_one_line_error(workdir, tmp_path, capsys, make, argv_tail, match):
+    blocks = starfile.read(workdir / "split/rest.star")
+    parts = blocks["particles"].copy()
+    names = [str(workdir / "sim" / n.split("@")[1]) for n in parts.rlnImageName]
+    parts["rlnImageName"] = [
+        f"{n.split('@')[0]}@{p}" for n, p in zip(parts.rlnImageName, names, strict=True)
+    ]
+    if make == "no_image_name":
+        parts = parts.drop(columns="rlnImageName")
+    elif make == "index_past_end":
+        parts.loc[0, "rlnImageName"] = f"000999@{names[0]}"
+    elif make == "missing_stack":
+        parts.loc[0, "rlnImageName"] = f"000001@{tmp_path / 'gone.mrcs'}"
+    elif make == "undefined_group":
+        parts.loc[0, "rlnOpticsGroup"] = 9
+    starfile.write(
+        {"optics": blocks["optics"], "particles": parts},
+        tmp_path / "bad.star",
+        overwrite=True,
+    )
+    code = main(
+        [
+            "predict",
+            str(tmp_path / "bad.star"),
+            "--model",
+            str(workdir / "model.joblib"),
+            "--out",
+            str(tmp_path / "o.star"),
+            *argv_tail,
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert (
+        err.startswith("skpose: error: ")
+        and err.count("\n") == 1
+        and "Traceback" not in err
+    )
+    assert __import__("re").search(match, err), err
+
+
+def test_model_of_another_box_is_refused(workdir, tmp_path, capsys):
+    sim = skpose.simulate_particles(skpose.phantom_volume(48), 4, random_state=0)
+    star = sim.to_relion(tmp_path / "p48.star")
+    code = main(
+        [
+            "predict",
+            str(star),
+            "--model",
+            str(workdir / "model.joblib"),
+            "--out",
+            str(tmp_path / "o.star"),
+        ]
+    )
+    assert code == 2
+    assert "model was trained on 32 px" in capsys.readouterr().err
+
+
+def test_map_box_differs_from_particles(workdir, tmp_path, capsys):
+    skpose.write_volume(tmp_path / "map24.mrc", skpose.phantom_volume(24), 3.0)
+    code = main(
+        [
+            "fit",
+            str(workdir / "split/train.star"),
+            "--volume",
+            str(tmp_path / "map24.mrc"),
+            "--out",
+            str(tmp_path / "m.joblib"),
+            "--max-iter",
+            "1",
+        ]
+    )
+    assert code == 2
+    assert (
+        "'volume' box (24 px) differs from the images' box (32 px)"
+        in capsys.readouterr().err
+    )
+
+
+def test_help_has_examples(capsys):
+    for command in ("simulate", "split", "fit", "predict", "evaluate", "reconstruct"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert f"example:\n  skpose {command}" in capsys.readouterr().out
+
+
+def test_python_dash_m_entry_point():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "skpose", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent,
+    )
+    assert done.returncode == 0 and "simulate" in done.stdout
