@@ -13,6 +13,9 @@ The geometry core (every convention is in ``docs/conventions.md``):
 - :mod:`skpose.simulate`, :mod:`skpose.metrics`: simulated particles, reprojection RMSE
   and angular errors.
 
+Reconstruction and resolution: :mod:`skpose.reconstruction`. Optional extras:
+:mod:`skpose.plotting` (matplotlib) and :mod:`skpose.models` (gemmi), imported on use.
+
 The estimator: :class:`OrientationEstimator` (:mod:`skpose.estimator`), the paper's
 network (:mod:`skpose.network`) trained with its losses (:mod:`skpose.losses`) through
 skorch.
@@ -43,6 +46,14 @@ from skpose.preprocess import (
     normalize_images,
 )
 from skpose.projection import FourierProjector, project, project_real_space
+from skpose.reconstruction import (
+    BackProjector,
+    fsc,
+    fsc_resolution,
+    half_maps,
+    reconstruct,
+    resolution_at,
+)
 from skpose.rotations import (
     geodesic_distance,
     matrix_to_quat,
@@ -62,6 +73,7 @@ from skpose.symmetry import symmetry_group
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "BackProjector",
     "CTFParams",
     "FourierProjector",
     "OrientationEstimator",
@@ -73,7 +85,10 @@ __all__ = [
     "fourier_crop",
     "fourier_pad",
     "fourier_resize",
+    "fsc",
+    "fsc_resolution",
     "geodesic_distance",
+    "half_maps",
     "matrix_to_quat",
     "normalize_images",
     "phantom_volume",
@@ -86,9 +101,11 @@ __all__ = [
     "read_images",
     "read_particles",
     "read_volume",
+    "reconstruct",
     "relion_euler_to_quat",
     "reprojection_rmse",
     "reprojection_scorer",
+    "resolution_at",
     "simulate_particles",
     "symmetrize_volume",
     "symmetry_group",

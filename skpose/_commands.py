@@ -379,6 +379,7 @@ def reconstruct(args) -> None:
         "symmetry": args.symmetry,
     }
     volume = reconstruction.reconstruct(images, quats, **common)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_volume(args.out, volume, pixel)
     print(f"wrote {args.out}")
     report = {}

@@ -352,3 +352,97 @@ def test_python_dash_m_entry_point():
         cwd=Path(__file__).parent,
     )
     assert done.returncode == 0 and "simulate" in done.stdout
+
+
+def test_reconstruct_writes_map_half_maps_and_fsc(workdir):
+    star = workdir / "split/rest.star"
+    out = workdir / "recon/map.mrc"
+    argv = ["reconstruct", str(star), "--out", str(out), "--half-maps"]
+    assert main([*argv, "--reference", str(workdir / "map.mrc")]) == 0
+    volume, pixel = skpose.read_volume(out)
+    assert volume.shape == (32, 32, 32) and pixel == pytest.approx(3.0)
+    for half in ("map_half1.mrc", "map_half2.mrc"):
+        assert skpose.read_volume(out.parent / half)[0].shape == (32, 32, 32)
+    report = json.loads(out.with_suffix(".fsc.json").read_text())
+    assert set(report) == {"half_maps", "reference"}
+    assert 0 < report["reference"]["resolution_angstrom"] < 30
+    assert out.with_suffix(".fsc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_real_trpv1_predict_evaluate_reconstruct(shared_data, tmp_path):
+    """10 real particles: their STAR names a stack that is not shipped, so point it
+    at the stack beside it (read in place)."""
+    base = shared_data / "real/trpv1"
+    blocks = starfile.read(base / "trpv1_small_stack.star")
+    stack = base / "trpv1_small_stack.mrcs"
+    blocks["particles"]["rlnImageName"] = [f"{i + 1:06d}@{stack}" for i in range(10)]
+    starfile.write(blocks, tmp_path / "trpv1.star", overwrite=True)
+    _, pixel = skpose.read_volume(base / "trpv1_volume.mrc")
+    particles = skpose.read_particles(tmp_path / "trpv1.star")
+    images = skpose.io.load_particle_images(particles)
+    est = skpose.OrientationEstimator(
+        base / "trpv1_volume.mrc",
+        architecture="small",
+        image_size=48,
+        max_iter=2,
+        batch_size=5,
+        random_state=0,
+        device="cpu",
+    )
+    est.fit(images, particles.quaternions, particles.origins_px)
+    model = {
+        "format": "skpose-model-1",
+        "estimator": est,
+        "box_size": 48,
+        "pixel_size_angstrom": pixel,
+        "map_sha256": "",
+        "ctf": "phase-flipped",
+        "skpose_version": skpose.__version__,
+    }
+    __import__("joblib").dump(model, tmp_path / "m.joblib")
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "trpv1.star"),
+                "--model",
+                str(tmp_path / "m.joblib"),
+                "--out",
+                str(tmp_path / "p.star"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tmp_path / "p.star"),
+                str(tmp_path / "trpv1.star"),
+                "--symmetry",
+                "C4",
+                "--volume",
+                str(base / "trpv1_volume.mrc"),
+                "--out",
+                str(tmp_path / "rep"),
+            ]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "rep/summary.json").read_text())["n"] == 10
+    assert (
+        main(
+            [
+                "reconstruct",
+                str(tmp_path / "trpv1.star"),
+                "--out",
+                str(tmp_path / "r.mrc"),
+                "--symmetry",
+                "C4",
+                "--reference",
+                str(base / "trpv1_volume.mrc"),
+            ]
+        )
+        == 0
+    )
+    assert skpose.read_volume(tmp_path / "r.mrc")[0].shape == (48, 48, 48)
