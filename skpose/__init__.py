@@ -33,6 +33,7 @@ from skpose.io import (
     write_particles,
     write_volume,
 )
+from skpose.matching import Poses, ProjectionMatcher, refine, so3_grid
 from skpose.metrics import (
     angular_error,
     error_summary,
@@ -78,6 +79,8 @@ __all__ = [
     "FourierProjector",
     "OrientationEstimator",
     "Particles",
+    "Poses",
+    "ProjectionMatcher",
     "SimulatedParticles",
     "angular_error",
     "compute_ctf",
@@ -102,11 +105,13 @@ __all__ = [
     "read_particles",
     "read_volume",
     "reconstruct",
+    "refine",
     "relion_euler_to_quat",
     "reprojection_rmse",
     "reprojection_scorer",
     "resolution_at",
     "simulate_particles",
+    "so3_grid",
     "symmetrize_volume",
     "symmetry_group",
     "write_images",

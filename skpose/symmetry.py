@@ -297,13 +297,15 @@ def closest_symmetry_mate(quat_pred, quat_ref, symmetry):
 def _mate_keys(quat: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
     """Ranking keys ``(..., G, 3)`` of the mates ``quat * s``.
 
-    Row ``k`` of ``R S`` is ``S^T r_k`` (``r_k`` the row ``k`` of ``R``); key ``k`` is
-    its dot product with direction ``l_k``, i.e. ``(S l_k) . r_k``.
+    Row ``k`` of ``R S`` is ``S^T r_k`` (``r_k`` the row ``k`` of ``R``). The keys, in
+    order, score rows 2, 0, 1 (the projection direction first) against the
+    directions ``l_0, l_1, l_2`` of ``_RANK_DIRECTIONS``: ``(S l_j) . r_k``.
     """
     directions = torch.tensor(_RANK_DIRECTIONS, dtype=quat.dtype, device=quat.device)
     directions = directions / torch.linalg.vector_norm(directions, dim=-1, keepdim=True)
     turned = torch.einsum("gab,kb->gka", quat_to_matrix(group), directions)
-    return torch.einsum("gka,...ka->...gk", turned, quat_to_matrix(quat))
+    rows = quat_to_matrix(quat)[..., [2, 0, 1], :]  # projection direction first
+    return torch.einsum("gka,...ka->...gk", turned, rows)
 
 
 def _ranks_higher(keys_a: torch.Tensor, keys_b: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,395 @@
+"""Local refinement: full-resolution correlations and a shrinking local search.
+
+Private to :mod:`skpose.matching`.
+
+:class:`FourierScorer` computes normalised cross-correlations of images with central
+slices of the map at given rotations and translations, on the Cartesian ``rfft2``
+half-plane up to a chosen radius (the DC term excluded, interior columns counted twice
+so that the sums are those of the full plane). Slices are sampled only at those
+frequencies; translations are phase factors, a small window of them evaluated as one
+matrix product. In-plane turns cost no extra slices: the slice of ``R_z(a) R`` is the
+slice of ``R`` read at ``R_z(a)^T k``, so ``<I, c P_{R_z(a) R}>`` correlates the slice
+of ``R`` with the image transform (times its CTF) read at the turned frequencies
+``R_z(a) k``, bilinearly from its twice-padded transform.
+
+:func:`local_search` refines poses by a shrinking grid: each round scores 27 rotations
+``R_z(u_z s) exp(s (u_x, u_y, 0)) R`` (``u`` in ``{-1, 0, 1}^3``, step ``s``) times a
+``3 x 3`` window of translations around the current pose: 9 slices, each read at three
+in-plane turns. It keeps the best, halves both steps, and after the last round places
+the pose at the maximum of a quadratic fitted to that round's 27 scores. Each round
+uses the frequencies its step resolves (``r_max ~ 1.5 / step``, as the global search
+does): the first rounds see a smooth, wide basin, the last ones the full resolution.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from skpose._search import padded_planes, resolution_for, sample_planes, slice_planes
+from skpose.ctf import compute_ctf
+from skpose.rotations import axis_angle_to_quat, quat_multiply
+from skpose.symmetry import symmetry_aware_distance
+
+__all__ = ["FourierScorer", "LocalResult", "batches", "local_search", "refine_batches"]
+
+# Offsets of a 3-point pattern, the centre first.
+_UNIT = (0.0, -1.0, 1.0)
+# A generic in-plane angle (radians) added to every image turn, see `_round`.
+_OFF_GRID = 0.5
+# Padding of the image transforms read at turned frequencies.
+PAD = 2
+
+
+class FourierScorer:
+    """NCC of a batch of images against projections of the map.
+
+    Parameters
+    ----------
+    projector : FourierProjector
+        The map at the images' box ``N``.
+    images : torch.Tensor of shape (n, N, N)
+    ctf : CTFParams or None
+        The images' CTF: projections are multiplied by it before the correlation.
+    """
+
+    def __init__(self, projector, images: torch.Tensor, ctf=None):
+        n_box = images.shape[-1]
+        dtype, device = images.dtype, images.device
+        self.projector = projector
+        self.box_size = n_box
+        ky = torch.fft.fftfreq(n_box, d=1.0 / n_box, dtype=dtype, device=device)
+        kx = torch.fft.rfftfreq(n_box, d=1.0 / n_box, dtype=dtype, device=device)
+        gy, gx = torch.meshgrid(ky, kx, indexing="ij")
+        radius = torch.sqrt(gx**2 + gy**2).reshape(-1)
+        keep = (radius > 0) & (radius <= n_box / 2)
+        order = torch.argsort(radius[keep], stable=True)
+        flat = torch.nonzero(keep).squeeze(1)[order]  # frequencies by radius
+        self.radius = radius[flat]
+        weight = torch.where((gx == 0) | (gx == n_box / 2), 1.0, 2.0).reshape(-1)
+        self.weight = weight[flat].to(dtype)
+        self.k2d = torch.stack((gx.reshape(-1), gy.reshape(-1)), dim=-1)[flat]
+        ft = torch.fft.rfft2(torch.fft.ifftshift(images, dim=(-2, -1)))
+        self.image_ft = ft.reshape(images.shape[0], -1)[:, flat]
+        self.ctf = None
+        if ctf is not None:
+            c = compute_ctf(ctf, n_box, dtype=dtype, device=device)
+            self.ctf = c[..., : n_box // 2 + 1].reshape(images.shape[0], -1)[:, flat]
+        self._images, self._ctf_params, self._planes = images, ctf, None
+
+    @property
+    def planes(self) -> torch.Tensor:
+        """``Re cI, Im cI`` (and ``c^2``) of :func:`padded_planes`, on first use."""
+        if self._planes is None:
+            planes = padded_planes(self._images, self._ctf_params, PAD)
+            planes = planes if self._ctf_params is None else planes[:, 2:]
+            self._planes = planes.contiguous()
+        return self._planes
+
+    def _count(self, r_max: float) -> int:
+        return int(torch.searchsorted(self.radius, float(r_max) + 1e-6).item())
+
+    def _image_norms(self, count: int) -> torch.Tensor:
+        power = self.image_ft[:, :count].abs() ** 2
+        return torch.sqrt((self.weight[:count] * power).sum(-1)).clamp_min(1e-30)
+
+    def score(self, quats, centres_px, offsets_px, r_max: float) -> torch.Tensor:
+        """NCC at rotations ``quats`` and origins ``centres_px + offsets_px``.
+
+        Parameters
+        ----------
+        quats : torch.Tensor of shape (n, c, 4)
+            ``c`` candidate rotations per image.
+        centres_px : torch.Tensor of shape (n, 2)
+            RELION origins (pixels) around which each image's translations are tried.
+        offsets_px : torch.Tensor of shape (S, 2)
+            Offsets added to every centre.
+        r_max : float
+            Outer frequency radius (cycles per box) of the correlation.
+
+        Returns
+        -------
+        torch.Tensor of shape (n, c, S)
+        """
+        count = self._count(r_max)
+        k2d, w = self.k2d[:count], self.weight[:count]
+        image = self.image_ft[:, :count]
+        ref_weight = w.expand(image.shape[0], -1)
+        if self.ctf is not None:
+            image = image * self.ctf[:, :count]
+            ref_weight = ref_weight * self.ctf[:, :count] ** 2
+        b = self._shifted((w * image)[:, None], k2d[None], centres_px, offsets_px)
+        return self._ncc(quats, k2d, b, ref_weight[:, None], count)[:, :, 0]
+
+    def score_turned(self, quats, angles_rad, centres_px, offsets_px, r_max: float):
+        """NCC at rotations ``R_z(a) R`` for every ``R`` of ``quats`` and angle ``a``.
+
+        Parameters
+        ----------
+        quats : torch.Tensor of shape (n, c, 4)
+        angles_rad : torch.Tensor of shape (A,)
+            In-plane turns (radians, about the viewing axis z).
+        centres_px, offsets_px, r_max
+            As in :meth:`score`.
+
+        Returns
+        -------
+        torch.Tensor of shape (n, c, A, S)
+        """
+        count = self._count(r_max)
+        k2d, w = self.k2d[:count], self.weight[:count]
+        cos, sin = torch.cos(angles_rad), torch.sin(angles_rad)
+        turn = torch.stack(
+            (torch.stack((cos, -sin), -1), torch.stack((sin, cos), -1)), 1
+        )
+        turned = torch.einsum("aij,kj->aki", turn.to(k2d.dtype), k2d)  # (A, K, 2)
+        n, a = quats.shape[0], angles_rad.shape[0]
+        samples = sample_planes(self.planes, turned.reshape(-1, 2), self.box_size)
+        samples = samples.reshape(n, -1, a, count)  # (n, channels, A, K)
+        image = torch.complex(samples[:, 0], samples[:, 1])  # (n, A, K)
+        ref_weight = w * (samples[:, 2] if self.ctf is not None else 1.0)
+        b = self._shifted(w * image, turned, centres_px, offsets_px)
+        return self._ncc(quats, k2d, b, ref_weight.expand(n, a, count), count)
+
+    def _shifted(self, image, k2d, centres_px, offsets_px):
+        """``image * exp(-2 pi i k.(centre + offset) / N)`` as real planes.
+
+        ``image`` is ``(n, A, K)`` at frequencies ``k2d`` ``(A, K, 2)``; returns the
+        real and imaginary parts, each ``(n, K, A * S)``.
+        """
+        scale = -2 * math.pi / self.box_size
+        k = k2d.to(centres_px.dtype)
+        arg = scale * torch.einsum("akj,nj->nka", k, centres_px)
+        z = image.transpose(1, 2) * torch.polar(torch.ones_like(arg), arg)  # (n, K, A)
+        arg = scale * torch.einsum("akj,sj->kas", k, offsets_px.to(k.dtype))
+        e = torch.polar(torch.ones_like(arg), arg)  # (K, A, S)
+        z_re, z_im = z.real[..., None], z.imag[..., None]
+        b_re = z_re * e.real - z_im * e.imag  # (n, K, A, S)
+        b_im = z_re * e.imag + z_im * e.real
+        return b_re.flatten(2), b_im.flatten(2)
+
+    def _ncc(self, quats, k2d, b, ref_weight, count) -> torch.Tensor:
+        """NCC ``(n, c, A, S)`` of the slices of ``quats`` with hypotheses ``b``.
+
+        ``b`` are the real and imaginary planes ``(n, K, A * S)`` of the weighted,
+        phase-shifted image transforms (:meth:`_shifted`); ``ref_weight`` ``(n, A, K)``
+        weighs the slices' power in their norms (``w`` or ``w c^2``).
+        """
+        planes = slice_planes(self.projector, quats, k2d)  # (2, n, K, c)
+        num = planes[0].transpose(1, 2) @ b[0] + planes[1].transpose(1, 2) @ b[1]
+        n, c, a = num.shape[0], num.shape[1], ref_weight.shape[1]
+        power = planes[0] ** 2 + planes[1] ** 2  # (n, K, c)
+        ref_norm = torch.sqrt(torch.einsum("nkc,nak->nca", power, ref_weight))
+        norms = self._image_norms(count)[:, None, None, None]
+        num = num.reshape(n, c, a, -1)
+        return num / ref_norm.clamp_min(1e-30)[..., None] / norms
+
+
+def _square_pattern(step_px: float, dtype, device) -> torch.Tensor:
+    """The 9 offsets ``step_px * {-1, 0, 1}^2`` (the centre first), or one zero."""
+    if step_px <= 0:
+        return torch.zeros(1, 2, dtype=dtype, device=device)
+    r = torch.tensor([0.0, -step_px, step_px], dtype=dtype, device=device)
+    return torch.stack(torch.meshgrid(r, r, indexing="ij"), dim=-1).reshape(-1, 2)
+
+
+def _tilt_pattern(dtype, device) -> torch.Tensor:
+    """The 9 out-of-plane unit rotation vectors ``(u_x, u_y, 0)``, the centre first."""
+    r = torch.tensor(_UNIT, dtype=dtype, device=device)
+    xy = torch.stack(torch.meshgrid(r, r, indexing="ij"), dim=-1).reshape(-1, 2)
+    return torch.cat((xy, torch.zeros_like(xy[:, :1])), dim=1)
+
+
+def _chart(quats, u, step_rad: float) -> torch.Tensor:
+    """``R_z(u_z s) exp(s (u_x, u_y, 0)) R``; ``quats`` and ``u`` broadcast."""
+    zero = torch.zeros_like(u[..., :1])
+    tilt = axis_angle_to_quat(torch.cat((u[..., :2], zero), dim=-1) * step_rad)
+    spin = axis_angle_to_quat(torch.cat((zero, zero, u[..., 2:]), dim=-1) * step_rad)
+    return quat_multiply(quat_multiply(spin, tilt), quats)
+
+
+def _quadratic_peak(values: torch.Tensor, u: torch.Tensor):
+    """Maximum of the quadratic fitted to scores ``(n, 27)`` at pattern points ``u``.
+
+    Returns the peak ``(n, 3)`` in pattern units and whether it is a maximum inside
+    the cube (negative-definite Hessian, ``|u|_inf <= 1``).
+    """
+    cross = u[:, [0, 0, 1]] * u[:, [1, 2, 2]]
+    design = torch.cat((torch.ones_like(u[:, :1]), u, u * u, cross), dim=1)  # (27, 10)
+    coef = values @ torch.linalg.pinv(design).T  # (n, 10)
+    hessian = torch.diag_embed(2 * coef[:, 4:7])
+    for k, (i, j) in enumerate(((0, 1), (0, 2), (1, 2))):
+        hessian[:, i, j] = hessian[:, j, i] = coef[:, 7 + k]
+    concave = torch.linalg.eigvalsh(hessian)[:, -1] < 0
+    eye = torch.eye(3, dtype=values.dtype, device=values.device)
+    safe = torch.where(concave[:, None, None], hessian, -eye)
+    peak = -torch.linalg.solve(safe, coef[:, 1:4])
+    return peak, concave & (peak.abs().amax(dim=1) <= 1)
+
+
+@dataclass
+class LocalResult:
+    """Refined poses of a batch: quaternions, origins, NCC and margin."""
+
+    quaternions: torch.Tensor
+    shifts_px: torch.Tensor
+    score: torch.Tensor
+    margin: torch.Tensor
+
+
+def _round(scorer, quats, shifts_px, step_deg: float, shift_step: float):
+    """One round: 27 rotations x 9 translations. Returns the best and the scores."""
+    dtype, device = quats.dtype, quats.device
+    step = math.radians(step_deg)
+    tilts = _chart(quats[:, None], _tilt_pattern(dtype, device), step)  # (n, 9, 4)
+    spins = torch.tensor(_UNIT, dtype=dtype, device=device) * step
+    offsets = _square_pattern(shift_step, dtype, device)
+    r_max = resolution_for(step_deg, scorer.box_size)
+    # Read the image at turns _OFF_GRID + u_z s against slices of R_z(-_OFF_GRID) T R:
+    # the same candidates, but no turn samples the padded transform on its nodes
+    # (where the gridding correction over-shoots), so none is favoured.
+    back = axis_angle_to_quat(torch.tensor([0.0, 0.0, -_OFF_GRID], dtype=dtype))
+    scores = scorer.score_turned(
+        quat_multiply(back.to(device), tilts),
+        spins + _OFF_GRID,
+        shifts_px,
+        offsets,
+        r_max,
+    )  # (n, 9, 3, S)
+    n, _, _, s = scores.shape
+    index = scores.reshape(n, -1).argmax(dim=1)
+    rows = torch.arange(n, device=device)
+    u = torch.zeros(n, 3, dtype=dtype, device=device)
+    u[:, 2] = spins[(index // s) % 3] / step
+    best = _chart(tilts[rows, index // (3 * s)], u, step)
+    return best, shifts_px + offsets[index % s], scores.amax(dim=-1).reshape(n, 27)
+
+
+def local_search(
+    scorer: FourierScorer,
+    quats: torch.Tensor,
+    shifts_px: torch.Tensor,
+    *,
+    cone_deg: float,
+    final_step_deg: float,
+    max_shift_px: float,
+    symmetry: str = "C1",
+) -> LocalResult:
+    """Refine poses by a shrinking grid search around each (see the module docstring).
+
+    Parameters
+    ----------
+    scorer : FourierScorer
+        Holds the images (and their CTF).
+    quats : torch.Tensor of shape (n, 4)
+        Starting rotations.
+    shifts_px : torch.Tensor of shape (n, 2)
+        Starting RELION origins in pixels.
+    cone_deg : float
+        Half-width of the rotation search: the first round steps ``cone_deg / 2``
+        about each axis and the halving steps reach ``cone_deg`` in all.
+    final_step_deg : float
+        Steps halve until they are at most this; a quadratic fitted to the last
+        round's 27 scores then places the pose between its points.
+    max_shift_px : float
+        Half-width of the translation search around the starting origins, reached the
+        same way (first step ``max_shift_px / 2``); 0 keeps the origins.
+    symmetry : str, default "C1"
+        Point group: rotations near a mate of the pose do not count in the margin.
+
+    Returns
+    -------
+    LocalResult
+        ``score``: the NCC at full resolution; ``margin``: see :func:`_finish`.
+    """
+    dtype, device = quats.dtype, quats.device
+    step, shift_step = cone_deg / 2, max_shift_px / 2
+    while True:
+        centre = quats
+        quats, shifts_px, values = _round(scorer, centre, shifts_px, step, shift_step)
+        if step <= final_step_deg * (1 + 1e-9):
+            break
+        step, shift_step = step / 2, shift_step / 2
+    tilt = _tilt_pattern(dtype, device)[:, None, :2].expand(9, 3, 2)
+    spin = torch.tensor(_UNIT, dtype=dtype, device=device)[None, :, None]
+    u = torch.cat((tilt, spin.expand(9, 3, 1)), dim=-1).reshape(27, 3)  # as scored
+    peak, ok = _quadratic_peak(values, u)
+    fitted = _chart(centre, peak, math.radians(step))
+    fitted = torch.where(ok[:, None], fitted, quats)
+    cand = torch.stack((quats, fitted), 1)
+    return _finish(scorer, cand, shifts_px, cone_deg, symmetry)
+
+
+def _finish(scorer, cand, shifts_px, cone_deg: float, symmetry: str) -> LocalResult:
+    """Pick the better of ``cand`` ``(n, 2, 4)`` at full resolution; score, margin.
+
+    The margin compares the pose with six rotations ``cone_deg`` away about the image
+    axes, at the resolution ``cone_deg / 2`` resolves (the first round's; cheap), with
+    translations re-searched within one pixel. Rotations within
+    ``cone_deg / 2`` of a symmetry mate of the pose are not distinct and are left
+    out; the margin is NaN when all six are.
+    """
+    dtype, device = cand.dtype, cand.device
+    offsets = _square_pattern(0.25, dtype, device)
+    scores = scorer.score(cand, shifts_px, offsets, scorer.box_size / 2)
+    n, _, s = scores.shape
+    index = scores.reshape(n, -1).argmax(dim=1)
+    quats = cand[torch.arange(n, device=device), index // s]
+    shifts_px = shifts_px + offsets[index % s]
+    score = scores.flatten(1).amax(dim=1)
+    axes = torch.cat((torch.zeros(1, 3), torch.eye(3), -torch.eye(3)))
+    axes = axes.to(dtype=dtype, device=device) * math.radians(cone_deg)
+    probes = quat_multiply(axis_angle_to_quat(axes)[None], quats[:, None])
+    offsets = _square_pattern(1.0, dtype, device)
+    r_max = resolution_for(cone_deg / 2, scorer.box_size)
+    coarse = scorer.score(probes, shifts_px, offsets, r_max).amax(dim=-1)  # (n, 7)
+    apart = symmetry_aware_distance(probes[:, 1:], quats[:, None], symmetry)
+    others = torch.where(apart > math.radians(cone_deg) / 2, coarse[:, 1:], -math.inf)
+    margin = coarse[:, 0] - others.amax(dim=1)
+    margin = torch.where(torch.isfinite(margin), margin, torch.nan)
+    return LocalResult(quats, shifts_px, score, margin)
+
+
+def batches(n: int, size: int, verbose: bool, desc: str):
+    """Slices of ``size`` over ``n`` items, with a progress bar when ``verbose``."""
+    starts = range(0, n, size)
+    for start in tqdm(starts, disable=not verbose, desc=desc, unit="batch"):
+        yield slice(start, min(start + size, n))
+
+
+def refine_batches(
+    projector,
+    images,
+    quats,
+    shifts_px,
+    ctf,
+    *,
+    cone_deg: float,
+    final_step_deg: float,
+    max_shift_px: float,
+    batch_size: int,
+    symmetry: str = "C1",
+    verbose: bool = False,
+) -> list:
+    """:func:`local_search` batch by batch: a list of ``(q, t, score, margin)``."""
+    out = []
+    rows = np.arange(images.shape[0])
+    for sl in batches(images.shape[0], batch_size, verbose, "refine"):
+        scorer = FourierScorer(
+            projector, images[sl], None if ctf is None else ctf[rows[sl]]
+        )
+        res = local_search(
+            scorer,
+            quats[sl],
+            shifts_px[sl],
+            cone_deg=cone_deg,
+            final_step_deg=final_step_deg,
+            max_shift_px=max_shift_px,
+            symmetry=symmetry,
+        )
+        out.append((res.quaternions, res.shifts_px, res.score, res.margin))
+    return out
