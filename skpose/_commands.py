@@ -237,36 +237,72 @@ def _confidence(est, images, quats, shifts, ctf) -> np.ndarray:
     return np.where(denom > 0, (a * b).sum(1) / np.where(denom > 0, denom, 1), 0.0)
 
 
+def _refine_batch(est, raw, quats, shifts, ctf):
+    """Local refinement at the network's size; poses back in the particles' pixels."""
+    from skpose.matching import refine
+
+    size = est.image_size_
+    scale = size / raw.shape[-1]
+    small = fourier_resize(raw, size) if raw.shape[-1] != size else raw
+    if ctf is not None:
+        ctf = ctf[np.arange(len(ctf))]
+        ctf.pixel_size_angstrom = ctf.pixel_size_angstrom / scale
+    poses = refine(
+        est.volume_,
+        small,
+        quats,
+        shifts * scale,
+        ctf=ctf,
+        symmetry=est.symmetry or "C1",
+    )
+    return poses.quaternions, poses.shifts_px / scale, poses.score
+
+
 def predict(args) -> None:
-    """``skpose predict``: stream the particles through the model; write a STAR."""
+    """``skpose predict``: stream the particles through the model; write a STAR.
+
+    With ``--refine``, each network pose is refined locally against the model's map
+    (:func:`skpose.matching.refine`), origins are updated, and the confidence is the
+    refined normalised cross-correlation.
+    """
     model = _load_model(args.model)
     est = model["estimator"]
     particles = read_particles(args.particles)
     target = _rescale_box(particles, model)
     n = len(particles)
     quats, conf = np.zeros((n, 4)), np.zeros(n)
-    shifts = particles.origins_px
+    shifts = particles.origins_px.astype(np.float64)
     ctf_all = particles.ctf if _has_ctf(particles) else None
     batches = iter_particle_images(
         particles, args.batch_size, max_open_files=args.max_open_files
     )
     for rows, raw in batches:
+        factor = 1.0 if target is None else target / raw.shape[-1]
         if target is not None:
             raw = fourier_resize(raw, target)
         ctf = None if ctf_all is None else ctf_all[rows]
         if ctf is not None and target is not None:
             ctf.pixel_size_angstrom = np.full(len(rows), model["pixel_size_angstrom"])
         images = raw if ctf is None else phase_flip(raw, ctf)
-        quats[rows] = est.predict(images)
-        rel_shifts = shifts[rows] * (1 if target is None else target / raw.shape[-1])
-        conf[rows] = _confidence(est, raw, quats[rows], rel_shifts, ctf)
+        q = est.predict(images)
+        batch_shifts = shifts[rows] * factor
+        if args.refine:
+            q, batch_shifts, conf[rows] = _refine_batch(est, raw, q, batch_shifts, ctf)
+            shifts[rows] = batch_shifts / factor
+        else:
+            conf[rows] = _confidence(est, raw, q, batch_shifts, ctf)
+        quats[rows] = q
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _rebase_image_names(particles, particles, out.parent)
     write_particles(
-        args.out,
+        out,
         particles,
         quaternions=quats,
+        shifts_px=shifts if args.refine else None,
         extra_columns={"rlnSkposeConfidence": conf},
     )
-    print(f"predicted {n} particles; wrote {args.out}")
+    print(f"predicted {n} particles; wrote {out}")
 
 
 # --------------------------------------------------------------------------------------
@@ -274,17 +310,26 @@ def predict(args) -> None:
 # --------------------------------------------------------------------------------------
 
 
+def _image_keys(particles) -> list:
+    """Each particle's image as (resolved stack path, index): names may be rebased."""
+    files, indices = particles.image_files, particles.image_indices
+    return [
+        (str(Path(f).resolve()), int(i)) for f, i in zip(files, indices, strict=True)
+    ]
+
+
 def _paired_rows(predicted, reference) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of both tables that describe the same particles (by rlnImageName)."""
+    """Rows of both tables that describe the same particle images."""
     if predicted.has_column("rlnImageName") and reference.has_column("rlnImageName"):
-        ref_index = {name: i for i, name in enumerate(reference.data["rlnImageName"])}
-        pred_names = predicted.data["rlnImageName"].to_numpy()
+        ref_index = {key: i for i, key in enumerate(_image_keys(reference))}
         pairs = [
-            (i, ref_index[nm]) for i, nm in enumerate(pred_names) if nm in ref_index
+            (i, ref_index[key])
+            for i, key in enumerate(_image_keys(predicted))
+            if key in ref_index
         ]
         if not pairs:
             raise ValueError(
-                f"No rlnImageName of {predicted.source} is in {reference.source}."
+                f"No particle image of {predicted.source} is in {reference.source}."
             )
         rows = np.array(pairs)
         return rows[:, 0], rows[:, 1]

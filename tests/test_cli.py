@@ -94,7 +94,13 @@ def test_predict_keeps_every_column_and_adds_confidence(workdir):
     assert after["optics"].equals(before["optics"])
     cols = set(before["particles"].columns)
     assert cols | {"rlnSkposeConfidence"} == set(after["particles"].columns)
-    for col in cols - {"rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"}:
+    # Image names are rebased to resolve from the output's folder.
+    moved = skpose.io.load_particle_images(skpose.read_particles(out), [0, 1])
+    expected = skpose.io.load_particle_images(
+        skpose.read_particles(workdir / "split/rest.star"), [0, 1]
+    )
+    np.testing.assert_array_equal(moved, expected)
+    for col in cols - {"rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnImageName"}:
         assert np.array_equal(
             after["particles"][col].to_numpy(), before["particles"][col].to_numpy()
         ), col
@@ -446,3 +452,20 @@ def test_real_trpv1_predict_evaluate_reconstruct(shared_data, tmp_path):
         == 0
     )
     assert skpose.read_volume(tmp_path / "r.mrc")[0].shape == (48, 48, 48)
+
+
+def test_predict_with_refinement_updates_origins(workdir):
+    out = workdir / "refined" / "predicted.star"
+    argv = [
+        "predict",
+        str(workdir / "split/rest.star"),
+        "--model",
+        str(workdir / "model.joblib"),
+    ]
+    assert main([*argv, "--out", str(out), "--refine"]) == 0
+    before = skpose.read_particles(workdir / "split/rest.star")
+    after = skpose.read_particles(out)
+    assert not np.allclose(after.origins_px, before.origins_px)
+    assert np.abs(after.origins_px).max() <= 2 + 4 + 1e-3  # simulated 2 px + window
+    conf = after.data["rlnSkposeConfidence"].to_numpy()
+    assert np.all(np.abs(conf) <= 1) and conf.mean() > 0
