@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+from pathlib import Path
+
 import numpy as np
 import scipy.sparse
 import torch
 
 __all__ = [
+    "VolumeReprMixin",
     "as_quaternions",
     "check_finite",
     "check_images",
     "check_volume",
+    "is_int",
+    "is_real",
     "to_tensor",
 ]
 
@@ -109,3 +116,36 @@ def check_volume(volume, name: str = "volume") -> torch.Tensor:
         )
     check_finite(t, name)
     return t
+
+
+def is_real(x) -> bool:
+    """A finite real number (not a bool)."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def is_int(x) -> bool:
+    """An integer (not a bool)."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+class _ArrayRepr:
+    """An array in an estimator's repr: ``<array (64, 64, 64) float32>``."""
+
+    def __init__(self, array):
+        self.text = f"<array {tuple(array.shape)} {array.dtype}>"
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+class VolumeReprMixin:
+    """Show a ``volume`` parameter given as an array by its shape, not its values."""
+
+    def __repr__(self, N_CHAR_MAX=700):
+        volume = self.volume
+        if hasattr(volume, "shape") and not isinstance(volume, (str, Path)):
+            self.volume = _ArrayRepr(volume)
+        try:
+            return super().__repr__(N_CHAR_MAX)
+        finally:
+            self.volume = volume

@@ -15,7 +15,6 @@ RELION does (zero mean, unit variance of the background outside a circle of radi
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from pathlib import Path
 
@@ -28,7 +27,13 @@ from skorch.callbacks import LRScheduler, ProgressBar
 from torch import nn
 from tqdm.auto import tqdm
 
-from skpose._validation import check_finite, to_tensor
+from skpose._validation import (
+    VolumeReprMixin,
+    check_finite,
+    is_int,
+    is_real,
+    to_tensor,
+)
 from skpose.losses import reprojection_scale, weighted_loss
 from skpose.metrics import reprojection_rmse
 from skpose.network import OrientationNet, resolve_image_size
@@ -123,24 +128,6 @@ class _Net(NeuralNet):
         return quat_canonical(torch.cat(out)).numpy()
 
 
-class _ArrayRepr:
-    """An array in an estimator's repr: ``<array (64, 64, 64) float32>``."""
-
-    def __init__(self, array):
-        self.text = f"<array {tuple(array.shape)} {array.dtype}>"
-
-    def __repr__(self) -> str:
-        return self.text
-
-
-def _is_real(x) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
 def _resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -152,7 +139,7 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-class OrientationEstimator(BaseEstimator):
+class OrientationEstimator(VolumeReprMixin, BaseEstimator):
     """Predict particle orientations (unit quaternions) from cryo-EM images.
 
     The network of Lian et al. (2022) trained with their weighted objective
@@ -259,16 +246,6 @@ class OrientationEstimator(BaseEstimator):
         self.verbose = verbose
         self.warm_start = warm_start
 
-    def __repr__(self, N_CHAR_MAX=700):
-        # Show a map given as an array by its shape, not by its values.
-        volume = self.volume
-        if hasattr(volume, "shape") and not isinstance(volume, (str, Path)):
-            self.volume = _ArrayRepr(volume)
-        try:
-            return super().__repr__(N_CHAR_MAX)
-        finally:
-            self.volume = volume
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.required = True
@@ -289,25 +266,25 @@ class OrientationEstimator(BaseEstimator):
 
     def _check_params(self) -> None:
         checks = {
-            "w": (_is_real(self.w) and 0 <= self.w <= 1, "a float in [0, 1]"),
+            "w": (is_real(self.w) and 0 <= self.w <= 1, "a float in [0, 1]"),
             "lr": (
-                _is_real(self.lr) and self.lr > 0 and math.isfinite(self.lr),
+                is_real(self.lr) and self.lr > 0 and math.isfinite(self.lr),
                 "a float > 0",
             ),
-            "max_iter": (_is_int(self.max_iter) and self.max_iter >= 1, "an int >= 1"),
+            "max_iter": (is_int(self.max_iter) and self.max_iter >= 1, "an int >= 1"),
             "batch_size": (
-                _is_int(self.batch_size) and self.batch_size >= 1,
+                is_int(self.batch_size) and self.batch_size >= 1,
                 "an int >= 1",
             ),
             "weight_decay": (
-                _is_real(self.weight_decay) and self.weight_decay >= 0,
+                is_real(self.weight_decay) and self.weight_decay >= 0,
                 "a float >= 0",
             ),
             "device": (
                 self.device in ("auto", "cpu", "cuda"),
                 "one of 'auto', 'cpu', 'cuda'",
             ),
-            "verbose": (_is_int(self.verbose) and self.verbose >= 0, "an int >= 0"),
+            "verbose": (is_int(self.verbose) and self.verbose >= 0, "an int >= 0"),
             "volume": (self.volume is not None, "an array (N, N, N) or an MRC path"),
         }
         for name, (ok, expected) in checks.items():

@@ -51,7 +51,6 @@ more than two steps away, symmetry-aware (the search's resolution), or, for
 from __future__ import annotations
 
 import math
-import numbers
 from pathlib import Path
 from typing import NamedTuple
 
@@ -63,9 +62,15 @@ from sklearn.utils.validation import check_is_fitted
 from skpose import _grid, _search
 from skpose._grid import so3_grid
 from skpose._refine import FourierScorer, batches, local_search, refine_batches
-from skpose._validation import as_quaternions, check_finite, to_tensor
+from skpose._validation import (
+    VolumeReprMixin,
+    as_quaternions,
+    check_finite,
+    is_int,
+    is_real,
+    to_tensor,
+)
 from skpose.ctf import CTFParams
-from skpose.estimator import _ArrayRepr
 from skpose.metrics import reprojection_rmse
 from skpose.preprocess import fourier_resize
 from skpose.projection import FourierProjector
@@ -99,14 +104,6 @@ class Poses(NamedTuple):
     shifts_px: np.ndarray
     score: np.ndarray
     margin: np.ndarray
-
-
-def _is_real(x) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def _check_ctf(ctf, n: int) -> CTFParams | None:
@@ -167,13 +164,13 @@ def _check_start(quaternions, shifts, n: int, like: torch.Tensor, shifts_name: s
 
 def _check_refine_options(cone_deg, final_step_deg, max_shift_px, batch_size):
     checks = {
-        "cone_deg": (_is_real(cone_deg) and 0 < cone_deg <= 90, "a float in (0, 90]"),
+        "cone_deg": (is_real(cone_deg) and 0 < cone_deg <= 90, "a float in (0, 90]"),
         "final_step_deg": (
-            _is_real(final_step_deg) and final_step_deg > 0,
+            is_real(final_step_deg) and final_step_deg > 0,
             "a float > 0",
         ),
-        "max_shift_px": (_is_real(max_shift_px) and max_shift_px >= 0, "a float >= 0"),
-        "batch_size": (_is_int(batch_size) and batch_size >= 1, "an int >= 1"),
+        "max_shift_px": (is_real(max_shift_px) and max_shift_px >= 0, "a float >= 0"),
+        "batch_size": (is_int(batch_size) and batch_size >= 1, "an int >= 1"),
     }
     values = locals()
     for name, (ok, expected) in checks.items():
@@ -285,7 +282,7 @@ def refine(
     return _as_output(parts, 1.0, numpy_out, x)
 
 
-class ProjectionMatcher(BaseEstimator):
+class ProjectionMatcher(VolumeReprMixin, BaseEstimator):
     """Find particle orientations by exhaustive projection matching.
 
     Every image is compared with the map's projections at every orientation of
@@ -380,16 +377,6 @@ class ProjectionMatcher(BaseEstimator):
         self.device = device
         self.verbose = verbose
 
-    def __repr__(self, N_CHAR_MAX=700):
-        # Show a map given as an array by its shape, not by its values.
-        volume = self.volume
-        if hasattr(volume, "shape") and not isinstance(volume, (str, Path)):
-            self.volume = _ArrayRepr(volume)
-        try:
-            return super().__repr__(N_CHAR_MAX)
-        finally:
-            self.volume = volume
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.required = False
@@ -417,35 +404,35 @@ class ProjectionMatcher(BaseEstimator):
         checks = {
             "volume": (self.volume is not None, "an array (N, N, N) or an MRC path"),
             "angular_step_deg": (
-                _is_real(step) and 0 < step <= 90,
+                is_real(step) and 0 < step <= 90,
                 "a float in (0, 90]",
             ),
             "max_shift_px": (
-                _is_real(self.max_shift_px) and self.max_shift_px >= 0,
+                is_real(self.max_shift_px) and self.max_shift_px >= 0,
                 "a float >= 0",
             ),
             "shift_step_px": (
-                _is_real(self.shift_step_px) and self.shift_step_px > 0,
+                is_real(self.shift_step_px) and self.shift_step_px > 0,
                 "a float > 0",
             ),
             "refine_step_deg": (
-                refine_step is None or (_is_real(refine_step) and refine_step > 0),
+                refine_step is None or (is_real(refine_step) and refine_step > 0),
                 "None or a float > 0",
             ),
             "image_size": (
                 self.image_size is None
-                or (_is_int(self.image_size) and self.image_size >= 8),
+                or (is_int(self.image_size) and self.image_size >= 8),
                 "None or an int >= 8",
             ),
             "batch_size": (
-                _is_int(self.batch_size) and self.batch_size >= 1,
+                is_int(self.batch_size) and self.batch_size >= 1,
                 "an int >= 1",
             ),
             "device": (
                 self.device in ("auto", "cpu", "cuda"),
                 "one of 'auto', 'cpu', 'cuda'",
             ),
-            "verbose": (_is_int(self.verbose) and self.verbose >= 0, "an int >= 0"),
+            "verbose": (is_int(self.verbose) and self.verbose >= 0, "an int >= 0"),
         }
         for name, (ok, expected) in checks.items():
             if not ok:
