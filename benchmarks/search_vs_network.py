@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 
 import skpose
-from skpose.matching import ProjectionMatcher, refine
+from skpose.matching import ProjectionMatcher, pose_score, refine
 from skpose.preprocess import fourier_crop, phase_flip
 
 HERE = Path(__file__).resolve().parent
@@ -122,6 +123,22 @@ def run_condition(volume, pixel, symmetry, condition, args):
         rmse = skpose.reprojection_rmse(volume, q_true, q, t_true)
         return summary_row(name, err, rmse, seconds, n)
 
+    # Junk: pure-noise images with the particles' variance, appended to the test set
+    # to measure how well each method's confidence ranks them below real particles.
+    n_junk = round(args.junk * n)
+    rng = np.random.default_rng(rng_seed + 1)
+    junk = rng.standard_normal((n_junk, *sim.images.shape[1:])) * sim.images[test].std()
+    junk = junk.astype(np.float32)
+    junk_ctf = ctf_test[rng.integers(0, n, n_junk)] if ctf_test is not None else None
+    junk_net = junk if junk_ctf is None else phase_flip(junk, junk_ctf)
+    aucs = {}
+
+    def auc(name, real, fake):
+        labels = np.r_[np.ones(len(real)), np.zeros(len(fake))]
+        aucs[name] = (
+            roc_auc_score(labels, np.r_[real, fake]) if n_junk else float("nan")
+        )
+
     rows = []
     for step in args.steps:
         matcher = ProjectionMatcher(
@@ -135,6 +152,9 @@ def run_condition(volume, pixel, symmetry, condition, args):
             lambda m=matcher: m.predict_poses(sim.images[test], ctf=ctf_test), 1
         )
         rows.append(row(f"exhaustive search {step:g} deg", poses.quaternions, seconds))
+        if n_junk:
+            fake = matcher.predict_poses(junk, ctf=junk_ctf)
+            auc(f"exhaustive search {step:g} deg: score", poses.score, fake.score)
 
     est = skpose.OrientationEstimator(
         volume,
@@ -153,22 +173,39 @@ def run_condition(volume, pixel, symmetry, condition, args):
     )
     net_s, q_net = timed(lambda: est.predict(images[test]), args.repeats)
     rows.append(row("network alone", q_net, net_s))
+    if n_junk:
+        # The network's own confidence: NCC at its pose (origins unknown: zeros).
+        real = pose_score(volume, sim.images[test], q_net, ctf=ctf_test)
+        fake = pose_score(volume, junk, est.predict(junk_net), ctf=junk_ctf)
+        auc("network alone: score (NCC at its pose)", real, fake)
 
-    def network_then_refine():
-        q = est.predict(images[test])
+    def network_then_refine(raw, net_input, ctf):
+        q = est.predict(net_input)
         return refine(
             volume,
-            sim.images[test],
+            raw,
             q,
             None,
-            ctf=ctf_test,
+            ctf=ctf,
             symmetry=symmetry,
             max_shift_px=args.max_shift,
         )
 
-    both_s, poses = timed(network_then_refine, args.repeats)
+    both_s, poses = timed(
+        lambda: network_then_refine(sim.images[test], images[test], ctf_test),
+        args.repeats,
+    )
     rows.append(row("network + local refinement", poses.quaternions, both_s))
-    return rows, {"train_s": train_s, "n_iter": est.n_iter_}
+    if n_junk:
+        fake = network_then_refine(junk, junk_net, junk_ctf)
+        auc("network + refinement: score (NCC)", poses.score, fake.score)
+        auc("network + refinement: margin", poses.margin, fake.margin)
+    return rows, {
+        "train_s": train_s,
+        "n_iter": est.n_iter_,
+        "auc": aucs,
+        "junk": n_junk,
+    }
 
 
 def ratio_line(rows, extras) -> str:
@@ -226,6 +263,12 @@ def parse_args(argv=None):
     p.add_argument("--w", type=float, default=0.8, help="for C1 maps (D2 uses 0)")
     p.add_argument("--max-shift", type=float, default=3.0)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--junk",
+        type=float,
+        default=0.2,
+        help="pure-noise images added to the test set, as a fraction of it (ROC AUC)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--threads",
@@ -256,7 +299,15 @@ def main(argv=None) -> None:
         for condition in args.conditions:
             rows, extras = run_condition(volume, pixel, symmetry, condition, args)
             print_table(f"{name} ({symmetry}), {condition}, {pixel:.2f} A/px", rows)
-            print("\n" + ratio_line(rows, extras), flush=True)
+            print("\n" + ratio_line(rows, extras))
+            if extras["junk"]:
+                print(
+                    f"\nconfidence vs {extras['junk']} pure-noise images (ROC AUC; 1 = "
+                    "every junk image ranked below every particle):"
+                )
+                for name, value in extras["auc"].items():
+                    print(f"  {name}: {value:.3f}")
+            print(flush=True)
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ def main(argv=None):
         "--device", "cpu", "--seed", args.seed, "--verbose", 0)  # fmt: skip
     # Beside rest.star: its rlnImageName entries are relative to that folder.
     predicted = sim / "predicted.star"
-    run("predict", sim / "rest.star", "--model", model, "--out", predicted)
+    run("predict", sim / "rest.star", "--model", model, "--out", predicted, "--refine")
     report = out / "report"
     run("evaluate", predicted, sim / "rest.star", "--volume", map_path,
         "--out", report)  # fmt: skip

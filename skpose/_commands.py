@@ -223,50 +223,45 @@ def _rescale_box(particles, model: dict) -> int | None:
 
 
 def _confidence(est, images, quats, shifts, ctf) -> np.ndarray:
-    """Normalised cross-correlation of each image with its predicted projection."""
+    """NCC of each image with its predicted projection, at the network's size."""
+    from skpose.matching import pose_score
+
     size = est.image_size_
     small = fourier_resize(images, size) if images.shape[-1] != size else images
     scale = size / images.shape[-1]
     if ctf is not None:
         ctf = ctf[np.arange(len(ctf))]
         ctf.pixel_size_angstrom = ctf.pixel_size_angstrom / scale
-    proj = skpose.project(est.volume_, quats, shifts * scale, ctf)
-    a = small.reshape(len(small), -1) - small.reshape(len(small), -1).mean(1)[:, None]
-    b = proj.reshape(len(proj), -1) - proj.reshape(len(proj), -1).mean(1)[:, None]
-    denom = np.sqrt((a * a).sum(1) * (b * b).sum(1))
-    return np.where(denom > 0, (a * b).sum(1) / np.where(denom > 0, denom, 1), 0.0)
+    return pose_score(est.volume_, small, quats, shifts * scale, ctf=ctf)
 
 
-def _refine_batch(est, raw, quats, shifts, ctf):
-    """Local refinement at the network's size; poses back in the particles' pixels."""
-    from skpose.matching import refine
-
-    size = est.image_size_
-    scale = size / raw.shape[-1]
-    small = fourier_resize(raw, size) if raw.shape[-1] != size else raw
-    if ctf is not None:
-        ctf = ctf[np.arange(len(ctf))]
-        ctf.pixel_size_angstrom = ctf.pixel_size_angstrom / scale
-    poses = refine(
-        est.volume_,
-        small,
-        quats,
-        shifts * scale,
-        ctf=ctf,
-        symmetry=est.symmetry or "C1",
-    )
-    return poses.quaternions, poses.shifts_px / scale, poses.score
+def _refining(model: dict, volume: Path | None):
+    """The model's estimator set to refine against its map (checked by checksum)."""
+    est = model["estimator"]
+    path = Path(volume if volume is not None else est.volume)
+    if not path.is_file():
+        raise ValueError(
+            f"--refine needs the map the model was trained with; {path} does not "
+            "exist: pass it with --volume MAP."
+        )
+    if _sha256(path) != model["map_sha256"]:
+        raise ValueError(
+            f"{path} is not the map the model was trained with (its SHA-256 differs "
+            "from the one recorded by skpose fit): pass that map with --volume."
+        )
+    return est.set_params(volume=str(path), refine=True)
 
 
 def predict(args) -> None:
     """``skpose predict``: stream the particles through the model; write a STAR.
 
     With ``--refine``, each network pose is refined locally against the model's map
-    (:func:`skpose.matching.refine`), origins are updated, and the confidence is the
-    refined normalised cross-correlation.
+    at the particles' box (``OrientationEstimator(refine=True)``), origins are
+    updated, and the confidence is the refined normalised cross-correlation; without
+    it, the confidence is that correlation at the network pose, at the network's size.
     """
     model = _load_model(args.model)
-    est = model["estimator"]
+    est = _refining(model, args.volume) if args.refine else model["estimator"]
     particles = read_particles(args.particles)
     target = _rescale_box(particles, model)
     n = len(particles)
@@ -283,13 +278,13 @@ def predict(args) -> None:
         ctf = None if ctf_all is None else ctf_all[rows]
         if ctf is not None and target is not None:
             ctf.pixel_size_angstrom = np.full(len(rows), model["pixel_size_angstrom"])
-        images = raw if ctf is None else phase_flip(raw, ctf)
-        q = est.predict(images)
         batch_shifts = shifts[rows] * factor
         if args.refine:
-            q, batch_shifts, conf[rows] = _refine_batch(est, raw, q, batch_shifts, ctf)
-            shifts[rows] = batch_shifts / factor
+            poses = est.predict_poses(raw, shifts=batch_shifts, ctf=ctf)
+            q, conf[rows] = poses.quaternions, poses.score
+            shifts[rows] = poses.shifts_px / factor
         else:
+            q = est.predict(raw, ctf=ctf)
             conf[rows] = _confidence(est, raw, q, batch_shifts, ctf)
         quats[rows] = q
     out = Path(args.out)

@@ -13,6 +13,7 @@ import torch
 __all__ = [
     "VolumeReprMixin",
     "as_quaternions",
+    "check_ctf",
     "check_finite",
     "check_images",
     "check_volume",
@@ -116,6 +117,24 @@ def check_volume(volume, name: str = "volume") -> torch.Tensor:
         )
     check_finite(t, name)
     return t
+
+
+def check_ctf(ctf, n: int):
+    """A CTFParams for ``n`` images (one per image, or 1 for all), or None."""
+    from skpose.ctf import CTFParams
+
+    if ctf is None:
+        return None
+    if not isinstance(ctf, CTFParams):
+        raise TypeError(
+            f"Expected 'ctf' to be None or a CTFParams, got {type(ctf).__name__}."
+        )
+    if len(ctf) not in (1, n):
+        raise ValueError(
+            f"Expected 'ctf' to describe 1 or {n} particles (one per image), got "
+            f"{len(ctf)}."
+        )
+    return ctf[np.zeros(n, dtype=int)] if len(ctf) == 1 else ctf
 
 
 def is_real(x) -> bool:

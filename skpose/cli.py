@@ -110,7 +110,17 @@ def _add_predict(sub) -> None:
     p.add_argument("particles", type=Path, help="STAR file")
     p.add_argument("--model", type=Path, required=True, help="from skpose fit")
     p.add_argument("--out", type=Path, required=True, help="STAR file to write")
-    p.add_argument("--refine", action="store_true", help="local refinement")
+    p.add_argument(
+        "--refine",
+        action="store_true",
+        help="refine each pose locally against the map at the particles' box",
+    )
+    p.add_argument(
+        "--volume",
+        type=Path,
+        default=None,
+        help="the model's map, for --refine (default: the path recorded by fit)",
+    )
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--max-open-files", type=int, default=32)
 

@@ -29,15 +29,17 @@ from tqdm.auto import tqdm
 
 from skpose._validation import (
     VolumeReprMixin,
+    check_ctf,
     check_finite,
     is_int,
     is_real,
     to_tensor,
 )
 from skpose.losses import reprojection_scale, weighted_loss
+from skpose.matching import Poses, pose_score, refine
 from skpose.metrics import reprojection_rmse
 from skpose.network import OrientationNet, resolve_image_size
-from skpose.preprocess import fourier_resize, normalize_images
+from skpose.preprocess import fourier_resize, normalize_images, phase_flip
 from skpose.projection import FourierProjector
 from skpose.rotations import quat_canonical
 from skpose.symmetry import group_order
@@ -183,6 +185,12 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
     warm_start : bool, default False
         ``fit`` on an already fitted estimator continues training instead of starting
         again (as :meth:`partial_fit` does).
+    refine : bool, default False
+        After the network, refine each pose by a local search against the map at the
+        images' full box (:func:`skpose.matching.refine`: a 15 degree cone, origins
+        within 4 px, 2 degree final step): ``predict`` and :meth:`predict_poses` then
+        return search-quality poses for the network's errors within the cone. Needs
+        the map (``volume``) at predict time.
 
     Attributes
     ----------
@@ -229,6 +237,7 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
         random_state=None,
         verbose=0,
         warm_start=False,
+        refine=False,
     ):
         self.volume = volume
         self.w = w
@@ -245,6 +254,7 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.warm_start = warm_start
+        self.refine = refine
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -285,6 +295,7 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
                 "one of 'auto', 'cpu', 'cuda'",
             ),
             "verbose": (is_int(self.verbose) and self.verbose >= 0, "an int >= 0"),
+            "refine": (isinstance(self.refine, (bool, np.bool_)), "True or False"),
             "volume": (self.volume is not None, "an array (N, N, N) or an MRC path"),
         }
         for name, (ok, expected) in checks.items():
@@ -390,6 +401,24 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
         normalized = normalize_images(images, constant="whole")
         return normalized.numpy().astype(np.float32, copy=False)
 
+    def _network_input(self, images: torch.Tensor, ctf) -> np.ndarray:
+        """Phase-flipped when a CTF is given; rescaled and normalised."""
+        ctf = check_ctf(ctf, images.shape[0])
+        return self._prepare(images if ctf is None else phase_flip(images, ctf))
+
+    def _full_volume(self) -> np.ndarray:
+        """The map at the images' box (``volume_`` when the network sees that box)."""
+        if self.input_box_ == self.image_size_:
+            return self.volume_
+        volume = self._load_volume()
+        if volume.shape[0] != self.input_box_:
+            raise ValueError(
+                f"The 'volume' box ({volume.shape[0]} px) differs from the box the "
+                f"model was fitted on ({self.input_box_} px); set_params(volume=...) "
+                "to the map it was trained with."
+            )
+        return volume
+
     def _check_box(self, images: torch.Tensor, name: str = "images") -> None:
         if images.shape[-1] != self.input_box_:
             raise ValueError(
@@ -452,7 +481,7 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
             return int(np.random.default_rng().integers(2**31))
         return int(np.random.default_rng(self.random_state).integers(2**31))
 
-    def fit(self, images, quaternions, shifts=None):
+    def fit(self, images, quaternions, shifts=None, ctf=None):
         """Train the network on labelled images.
 
         Parameters
@@ -464,13 +493,17 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
             ``A``).
         shifts : array of shape (n, 2), optional
             RELION origins in pixels (used by the reprojection loss); default zeros.
+        ctf : CTFParams, optional
+            The images' CTF (``n`` particles, or 1 for all): the network then sees
+            the images phase-flipped (here and in ``predict``, given the CTF there
+            too). Without it, images are used as given.
 
         Returns
         -------
         self
         """
         if self.warm_start and hasattr(self, "net_"):
-            return self.partial_fit(images, quaternions, shifts)
+            return self.partial_fit(images, quaternions, shifts, ctf)
         self._check_params()
         X = self._images(images)
         q = self._quaternions(quaternions, X.shape[0])
@@ -492,9 +525,9 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
         y = np.concatenate([q, self._shifts(shifts, len(q), X.shape[-1])], axis=1)
         self.net_ = self._build_net(self.volume_, self.max_iter, len(q))
         self.n_iter_ = 0
-        return self._train(self._prepare(X), y.astype(np.float32))
+        return self._train(self._network_input(X, ctf), y.astype(np.float32))
 
-    def partial_fit(self, images, quaternions, shifts=None):
+    def partial_fit(self, images, quaternions, shifts=None, ctf=None):
         """Fine-tune: ``max_iter`` more iterations from the current weights.
 
         Fits from scratch when the estimator is not fitted yet. The learning rate
@@ -503,7 +536,7 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
 
         Parameters
         ----------
-        images, quaternions, shifts
+        images, quaternions, shifts, ctf
             As in :meth:`fit`; the images must have the fitted box.
 
         Returns
@@ -513,7 +546,7 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
         if not hasattr(self, "net_"):
             warm, self.warm_start = self.warm_start, False
             try:
-                return self.fit(images, quaternions, shifts)
+                return self.fit(images, quaternions, shifts, ctf)
             finally:
                 self.warm_start = warm
         self._check_params()
@@ -525,7 +558,7 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
         self.net_.iterator_train__sampler = _IterationSampler(
             len(q), self.batch_size, self.max_iter, self._seed()
         )
-        return self._train(self._prepare(X), y.astype(np.float32))
+        return self._train(self._network_input(X, ctf), y.astype(np.float32))
 
     def _train(self, X: np.ndarray, y: np.ndarray):
         sampler = self.net_.iterator_train__sampler
@@ -541,29 +574,80 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
     # Inference
     # ----------------------------------------------------------------------------
 
-    def predict(self, images) -> np.ndarray:
-        """Orientations of images, in batches.
+    def predict(self, images, ctf=None) -> np.ndarray:
+        """Orientations of images, in batches (refined when ``refine=True``).
 
         Parameters
         ----------
         images : array of shape (n, N, N) or (n, N * N)
             With the box the estimator was fitted on.
+        ctf : CTFParams, optional
+            The images' CTF, as in :meth:`fit`.
 
         Returns
         -------
         numpy.ndarray of shape (n, 4), float64
             Canonical unit quaternions ``(w, x, y, z)``, ``w >= 0``.
         """
+        if self.refine:
+            return self.predict_poses(images, ctf=ctf).quaternions
         check_is_fitted(self, "net_")
         X = self._images(images)
         self._check_box(X)
-        return self.net_.predict_quaternions(self._prepare(X), self.verbose >= 1)
+        return self.net_.predict_quaternions(
+            self._network_input(X, ctf), self.verbose >= 1
+        )
+
+    def predict_poses(self, images, shifts=None, ctf=None) -> Poses:
+        """Orientations, origins and a per-particle confidence.
+
+        Parameters
+        ----------
+        images : array of shape (n, N, N) or (n, N * N)
+            With the box the estimator was fitted on.
+        shifts : array of shape (n, 2), optional
+            Known RELION origins in pixels (e.g. from extraction), the refinement's
+            start; default zeros.
+        ctf : CTFParams, optional
+            The images' CTF: the network sees the images phase-flipped (as in
+            :meth:`fit`), the refinement and the score compare them with
+            CTF-modulated projections.
+
+        Returns
+        -------
+        Poses
+            numpy arrays. ``score``: the normalised cross-correlation of each image
+            with the projection at its pose (full box, see
+            :func:`skpose.matching.pose_score`); junk images and wrong poses score
+            low. With ``refine=True``, poses and origins are refined and ``margin``
+            is the refinement's (see :func:`skpose.matching.refine`); otherwise
+            origins are ``shifts`` and ``margin`` is NaN.
+        """
+        check_is_fitted(self, "net_")
+        X = self._images(images)
+        self._check_box(X)
+        n = X.shape[0]
+        ctf = check_ctf(ctf, n)
+        start = np.zeros((n, 2)) if shifts is None else shifts
+        q = self.net_.predict_quaternions(
+            self._network_input(X, ctf), self.verbose >= 1
+        )
+        device = self.net_.device
+        x = X.to(device)
+        volume = torch.as_tensor(self._full_volume(), device=device)
+        if self.refine:
+            poses = refine(volume, x, q, start, ctf=ctf, symmetry=self.symmetry or "C1")
+            return Poses(*(t.cpu().numpy() for t in poses))
+        score = pose_score(volume, x, q, start, ctf=ctf).cpu().numpy()
+        t = to_tensor(start, "shifts").to(torch.float64).numpy()
+        return Poses(q, t, score, np.full(n, np.nan))
 
     def score(self, images, quaternions, shifts=None) -> float:
         """Minus the reprojection RMSE (paper eq. 16): greater is better.
 
-        Computed on the map rescaled to the network's input size (``volume_``), so
-        scores compare models of the same ``image_size`` and map.
+        Of :meth:`predict`'s orientations (refined when ``refine=True``). Computed on
+        the map rescaled to the network's input size (``volume_``), so scores compare
+        models of the same ``image_size`` and map.
 
         Parameters
         ----------
@@ -582,6 +666,6 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
         X = self._images(images)
         self._check_box(X)
         q_true = self._quaternions(quaternions, X.shape[0])
-        q_pred = self.net_.predict_quaternions(self._prepare(X), self.verbose >= 1)
+        q_pred = self.predict(X)
         t = self._shifts(shifts, len(q_true), X.shape[-1])
         return -reprojection_rmse(self.volume_, q_true, q_pred, t)

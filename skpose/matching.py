@@ -65,6 +65,7 @@ from skpose._refine import FourierScorer, batches, local_search, refine_batches
 from skpose._validation import (
     VolumeReprMixin,
     as_quaternions,
+    check_ctf,
     check_finite,
     is_int,
     is_real,
@@ -77,7 +78,7 @@ from skpose.projection import FourierProjector
 from skpose.rotations import quat_canonical
 from skpose.symmetry import group_order
 
-__all__ = ["Poses", "ProjectionMatcher", "refine", "so3_grid"]
+__all__ = ["Poses", "ProjectionMatcher", "pose_score", "refine", "so3_grid"]
 
 
 class Poses(NamedTuple):
@@ -104,21 +105,6 @@ class Poses(NamedTuple):
     shifts_px: np.ndarray
     score: np.ndarray
     margin: np.ndarray
-
-
-def _check_ctf(ctf, n: int) -> CTFParams | None:
-    if ctf is None:
-        return None
-    if not isinstance(ctf, CTFParams):
-        raise TypeError(
-            f"Expected 'ctf' to be None or a CTFParams, got {type(ctf).__name__}."
-        )
-    if len(ctf) not in (1, n):
-        raise ValueError(
-            f"Expected 'ctf' to describe 1 or {n} particles (one per image), got "
-            f"{len(ctf)}."
-        )
-    return ctf[np.zeros(n, dtype=int)] if len(ctf) == 1 else ctf
 
 
 def _rescaled_ctf(ctf: CTFParams | None, factor: float) -> CTFParams | None:
@@ -251,7 +237,77 @@ def refine(
     """
     _check_refine_options(cone_deg, final_step_deg, max_shift_px, batch_size)
     group_order(symmetry)  # raises a ValueError naming 'symmetry'
-    numpy_out = not isinstance(images, torch.Tensor)
+    x, vol = _images_and_volume(images, volume)
+    q, t = _check_start(quaternions, shifts_px, x.shape[0], x, "shifts_px")
+    parts = refine_batches(
+        FourierProjector(vol),
+        x,
+        q,
+        t,
+        check_ctf(ctf, x.shape[0]),
+        cone_deg=float(cone_deg),
+        final_step_deg=float(final_step_deg),
+        max_shift_px=float(max_shift_px),
+        batch_size=int(batch_size),
+        symmetry=symmetry,
+    )
+    return _as_output(parts, 1.0, not isinstance(images, torch.Tensor), x)
+
+
+def pose_score(volume, images, quaternions, shifts_px=None, *, ctf=None):
+    """Normalised cross-correlation of each image with the projection at its pose.
+
+    The ``score`` of :class:`Poses` for poses found elsewhere (a network, a STAR
+    file): over all frequencies up to Nyquist but the mean, the projection
+    multiplied by the CTF when one is given. Low for junk images and wrong poses.
+
+    Parameters
+    ----------
+    volume : array or torch.Tensor of shape (N, N, N)
+        The map at the images' box and pixel size.
+    images : array or torch.Tensor of shape (n, N, N)
+    quaternions : array of shape (n, 4)
+    shifts_px : array of shape (n, 2), optional
+        RELION origins in pixels; default zeros.
+    ctf : CTFParams, optional
+        The images' CTF (``n`` particles, or 1 for all).
+
+    Returns
+    -------
+    array of shape (n,), float64
+        In [-1, 1]; a numpy array, or a tensor on the images' device when
+        ``images`` is a tensor.
+
+    Examples
+    --------
+    >>> from skpose import phantom_volume, random_quaternions, simulate_particles
+    >>> vol = phantom_volume(32)
+    >>> sim = simulate_particles(vol, 3, max_shift=2, random_state=1)
+    >>> true = pose_score(vol, sim.images, sim.quaternions, sim.shifts_px)
+    >>> wrong = random_quaternions(3, random_state=2)
+    >>> bad = pose_score(vol, sim.images, wrong, sim.shifts_px)
+    >>> bool((true > 0.99).all() and (bad < true).all())
+    True
+    """
+    x, vol = _images_and_volume(images, volume)
+    n = x.shape[0]
+    q, t = _check_start(quaternions, shifts_px, n, x, "shifts_px")
+    ctf = check_ctf(ctf, n)
+    projector, zero = FourierProjector(vol), torch.zeros(1, 2, dtype=x.dtype)
+    rows, out = np.arange(n), []
+    with torch.no_grad():
+        for sl in batches(n, 256, False, "score"):
+            scorer = FourierScorer(
+                projector, x[sl], None if ctf is None else ctf[rows[sl]]
+            )
+            radius = x.shape[-1] / 2
+            out.append(scorer.score(q[sl, None], t[sl], zero.to(x.device), radius))
+    score = torch.cat(out)[:, 0, 0].to(torch.float64)
+    return score if isinstance(images, torch.Tensor) else score.cpu().numpy()
+
+
+def _images_and_volume(images, volume) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``(n, N, N)`` (n >= 1, float32) and the map at their box, same device."""
     x = to_tensor(images, "images")
     if x.ndim != 3 or x.shape[-1] != x.shape[-2] or x.shape[0] < 1:
         raise ValueError(
@@ -266,20 +322,7 @@ def refine(
             f"Expected 'volume' to have the images' box {(x.shape[-1],) * 3}, got "
             f"{tuple(vol.shape)}."
         )
-    q, t = _check_start(quaternions, shifts_px, x.shape[0], x, "shifts_px")
-    parts = refine_batches(
-        FourierProjector(vol),
-        x,
-        q,
-        t,
-        _check_ctf(ctf, x.shape[0]),
-        cone_deg=float(cone_deg),
-        final_step_deg=float(final_step_deg),
-        max_shift_px=float(max_shift_px),
-        batch_size=int(batch_size),
-        symmetry=symmetry,
-    )
-    return _as_output(parts, 1.0, numpy_out, x)
+    return x, vol
 
 
 class ProjectionMatcher(VolumeReprMixin, BaseEstimator):
@@ -545,7 +588,7 @@ class ProjectionMatcher(VolumeReprMixin, BaseEstimator):
         check_is_fitted(self, "directions_")
         X = self._images(images)
         self._check_box(X)
-        ctf = _check_ctf(ctf, X.shape[0])
+        ctf = check_ctf(ctf, X.shape[0])
         scale = self.image_size_ / self.input_box_
         if self.image_size_ != self.input_box_:
             X = fourier_resize(X, self.image_size_)

@@ -13,7 +13,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skpose import angular_error, phantom_volume, simulate_particles, write_volume
 from skpose.estimator import OrientationEstimator
-from skpose.rotations import axis_angle_to_quat
+from skpose.preprocess import phase_flip
+from skpose.rotations import axis_angle_to_quat, quat_multiply
 
 BOX = 32
 
@@ -187,6 +188,7 @@ def test_model_pickled_on_cuda_predicts_on_cpu(vol, data, tmp_path):
         ({"symmetry": "X3"}, "symmetry"),
         ({"architecture": "resnet"}, "architecture"),
         ({"image_size": 30}, "image_size"),
+        ({"refine": "yes"}, "'refine' parameter .* True or False"),
     ],
 )
 def test_bad_parameters(vol, data, params, match):
@@ -220,6 +222,102 @@ def test_bad_data(vol, data, tmp_path):
     (tmp_path / "junk.mrc").write_bytes(b"not an mrc file at all" * 10)
     with pytest.raises(ValueError, match=r"junk.mrc"):
         tiny(str(tmp_path / "junk.mrc")).fit(images, quats)
+
+
+# --------------------------------------------------------------------------------------
+# predict_poses and refine=True: the network's poses refined against the map
+# --------------------------------------------------------------------------------------
+
+
+def _network_returns(est, monkeypatch, quats, seen=None):
+    """Make the fitted network predict ``quats``, recording the images it is given."""
+
+    def fake(X, verbose):
+        if seen is not None:
+            seen.append(np.array(X))
+        return np.asarray(quats[: len(X)], dtype=np.float64)
+
+    monkeypatch.setattr(est.net_, "predict_quaternions", fake)
+
+
+def perturbed(quats, low_deg, high_deg, seed):
+    rng = np.random.default_rng(seed)
+    axes = rng.standard_normal((len(quats), 3))
+    axes *= np.deg2rad(rng.uniform(low_deg, high_deg, len(quats)))[:, None] / (
+        np.linalg.norm(axes, axis=1, keepdims=True)
+    )
+    turn = axis_angle_to_quat(torch.as_tensor(axes))
+    return quat_multiply(turn, torch.as_tensor(quats)).numpy()
+
+
+def test_refine_takes_network_poses_to_search_quality(monkeypatch):
+    # 64 px particles, network at 32 px: refinement runs on the full 64 px box.
+    vol = phantom_volume(64)
+    sim = simulate_particles(vol, 40, max_shift=2, random_state=3)
+    est = tiny(vol, max_iter=2).fit(sim.images, sim.quaternions, sim.shifts_px)
+    assert est.image_size_ == 32 and est.input_box_ == 64
+    start = perturbed(sim.quaternions, 10, 15, seed=4)
+    _network_returns(est, monkeypatch, start)
+
+    plain = est.predict_poses(sim.images)
+    np.testing.assert_array_equal(plain.quaternions, start)
+    assert np.isnan(plain.margin).all() and (plain.shifts_px == 0).all()
+    np.testing.assert_array_equal(est.predict(sim.images), start)
+
+    est.set_params(refine=True)
+    poses = est.predict_poses(sim.images)
+    err = angular_error(sim.quaternions, poses.quaternions)
+    assert np.median(angular_error(sim.quaternions, start)) > 10
+    assert np.median(err) < 2.0
+    assert np.abs(poses.shifts_px - sim.shifts_px).max() < 1.0
+    assert np.median(poses.score) > 0.99 > np.median(plain.score)
+    assert np.median(poses.margin) > 0
+    np.testing.assert_allclose(est.predict(sim.images), poses.quaternions, atol=1e-6)
+    # score() rates the refined poses: better than the network's own.
+    refined_score = est.score(sim.images, sim.quaternions, sim.shifts_px)
+    est.set_params(refine=False)
+    assert refined_score > est.score(sim.images, sim.quaternions, sim.shifts_px)
+
+
+def test_ctf_images_are_phase_flipped_for_the_network_and_matched_with_ctf(
+    vol, monkeypatch
+):
+    sim = simulate_particles(
+        vol, 24, ctf=True, pixel_size_angstrom=4.0, max_shift=1, random_state=5
+    )
+    est = tiny(vol, max_iter=2).fit(sim.images, sim.quaternions, ctf=sim.ctf)
+    seen = []
+    _network_returns(est, monkeypatch, sim.quaternions, seen)
+    poses = est.predict_poses(sim.images, shifts=sim.shifts_px, ctf=sim.ctf)
+    flipped = est._prepare(torch.as_tensor(phase_flip(sim.images, sim.ctf)))
+    np.testing.assert_allclose(seen[-1], flipped, atol=1e-5)
+    # True poses, CTF-modulated projections: the images themselves (noiseless).
+    assert np.median(poses.score) > 0.99
+    np.testing.assert_array_equal(poses.shifts_px, sim.shifts_px)
+    assert np.median(est.predict_poses(sim.images, shifts=sim.shifts_px).score) < 0.9
+    # Without the CTF, images go to the network as given.
+    est.predict(sim.images)
+    np.testing.assert_allclose(seen[-1], est._prepare(torch.as_tensor(sim.images)))
+    with pytest.raises(ValueError, match="'ctf' to describe 1 or 3 particles"):
+        est.predict(sim.images[:3], ctf=sim.ctf)
+    with pytest.raises(TypeError, match="'ctf' to be None or a CTFParams"):
+        est.predict_poses(sim.images, ctf="ctf.star")
+    with pytest.raises(ValueError, match=r"'shifts_px' to have shape \(24, 2\)"):
+        est.predict_poses(sim.images, shifts=sim.shifts_px[:3])
+
+
+def test_refine_needs_the_map_at_the_images_box(tmp_path):
+    big = phantom_volume(64)
+    sim = simulate_particles(big, 8, random_state=0)
+    write_volume(tmp_path / "map.mrc", big, voxel_size_angstrom=2.0)
+    est = tiny(str(tmp_path / "map.mrc"), max_iter=2, refine=True)
+    est.fit(sim.images, sim.quaternions)
+    assert est.predict(sim.images).shape == (8, 4)
+    write_volume(tmp_path / "map.mrc", phantom_volume(48), voxel_size_angstrom=2.0)
+    with pytest.raises(
+        ValueError, match=r"'volume' box \(48 px\) differs .* \(64 px\)"
+    ):
+        est.predict(sim.images)
 
 
 def test_predict_before_fit_and_wrong_box(vol, data):
@@ -269,24 +367,24 @@ class TabularAdapter(OrientationEstimator):
                     f"is expecting {self.n_features_in_} features as input."
                 )
 
-    def fit(self, X, y=None, shifts=None):
+    def fit(self, X, y=None, shifts=None, ctf=None):
         images, q = self._adapt(X, y)
-        super().fit(images, q, shifts)
+        super().fit(images, q, shifts, ctf)
         if not hasattr(X, "toarray") and np.ndim(X) == 2:
             self.n_features_in_ = np.shape(X)[1]
         return self
 
-    def partial_fit(self, X, y=None, shifts=None):
+    def partial_fit(self, X, y=None, shifts=None, ctf=None):
         self._check_features(X)
         images, q = self._adapt(X, y)
-        super().partial_fit(images, q, shifts)
+        super().partial_fit(images, q, shifts, ctf)
         if np.ndim(X) == 2:
             self.n_features_in_ = np.shape(X)[1]
         return self
 
-    def predict(self, X):
+    def predict(self, X, ctf=None):
         self._check_features(X)
-        return super().predict(self._adapt(X)[0])
+        return super().predict(self._adapt(X)[0], ctf)
 
     def score(self, X, y):
         self._check_features(X)
