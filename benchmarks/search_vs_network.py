@@ -31,8 +31,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 import skpose
-from skpose.matching import ProjectionMatcher, pose_score, refine
-from skpose.preprocess import fourier_crop, phase_flip
+from skpose.matching import ProjectionMatcher
+from skpose.preprocess import fourier_crop
 
 HERE = Path(__file__).resolve().parent
 CONDITIONS = {
@@ -114,7 +114,6 @@ def run_condition(volume, pixel, symmetry, condition, args):
     )
     train, test = slice(0, args.n_train), slice(args.n_train, None)
     ctf_test = sim.ctf[np.arange(args.n_train, len(sim))] if sim.ctf else None
-    images = sim.images if sim.ctf is None else phase_flip(sim.images, sim.ctf)
     q_true, t_true = sim.quaternions[test], sim.shifts_px[test]
     n = args.n_test
 
@@ -130,7 +129,6 @@ def run_condition(volume, pixel, symmetry, condition, args):
     junk = rng.standard_normal((n_junk, *sim.images.shape[1:])) * sim.images[test].std()
     junk = junk.astype(np.float32)
     junk_ctf = ctf_test[rng.integers(0, n, n_junk)] if ctf_test is not None else None
-    junk_net = junk if junk_ctf is None else phase_flip(junk, junk_ctf)
     aucs = {}
 
     def auc(name, real, fake):
@@ -152,10 +150,13 @@ def run_condition(volume, pixel, symmetry, condition, args):
             lambda m=matcher: m.predict_poses(sim.images[test], ctf=ctf_test), 1
         )
         rows.append(row(f"exhaustive search {step:g} deg", poses.quaternions, seconds))
-        if n_junk:
+        if n_junk and step == max(args.steps):  # the cheapest grid; finer rank alike
             fake = matcher.predict_poses(junk, ctf=junk_ctf)
             auc(f"exhaustive search {step:g} deg: score", poses.score, fake.score)
 
+    # The product path: OrientationEstimator trained on the raw images with their CTF
+    # (it phase-flips them), then predict_poses with refine=False / refine=True.
+    ctf_train = sim.ctf[np.arange(args.n_train)] if sim.ctf else None
     est = skpose.OrientationEstimator(
         volume,
         w=args.w if symmetry == "C1" else 0.0,
@@ -164,40 +165,35 @@ def run_condition(volume, pixel, symmetry, condition, args):
         batch_size=32,
         architecture="small",
         image_size=args.image_size,
-        symmetry=None,
+        # With w = 0 the symmetry only makes the refinement's margin symmetry-aware.
+        symmetry=None if symmetry == "C1" else symmetry,
         random_state=rng_seed,
         device="cpu",
     )
     train_s, _ = timed(
-        lambda: est.fit(images[train], sim.quaternions[train], sim.shifts_px[train]), 1
+        lambda: est.fit(
+            sim.images[train],
+            sim.quaternions[train],
+            sim.shifts_px[train],
+            ctf=ctf_train,
+        ),
+        1,
     )
-    net_s, q_net = timed(lambda: est.predict(images[test]), args.repeats)
+    net_s, q_net = timed(lambda: est.predict(sim.images[test], ctf_test), args.repeats)
     rows.append(row("network alone", q_net, net_s))
     if n_junk:
         # The network's own confidence: NCC at its pose (origins unknown: zeros).
-        real = pose_score(volume, sim.images[test], q_net, ctf=ctf_test)
-        fake = pose_score(volume, junk, est.predict(junk_net), ctf=junk_ctf)
+        real = est.predict_poses(sim.images[test], ctf=ctf_test).score
+        fake = est.predict_poses(junk, ctf=junk_ctf).score
         auc("network alone: score (NCC at its pose)", real, fake)
 
-    def network_then_refine(raw, net_input, ctf):
-        q = est.predict(net_input)
-        return refine(
-            volume,
-            raw,
-            q,
-            None,
-            ctf=ctf,
-            symmetry=symmetry,
-            max_shift_px=args.max_shift,
-        )
-
+    est.set_params(refine=True)
     both_s, poses = timed(
-        lambda: network_then_refine(sim.images[test], images[test], ctf_test),
-        args.repeats,
+        lambda: est.predict_poses(sim.images[test], ctf=ctf_test), args.repeats
     )
     rows.append(row("network + local refinement", poses.quaternions, both_s))
     if n_junk:
-        fake = network_then_refine(junk, junk_net, junk_ctf)
+        fake = est.predict_poses(junk, ctf=junk_ctf)
         auc("network + refinement: score (NCC)", poses.score, fake.score)
         auc("network + refinement: margin", poses.margin, fake.margin)
     return rows, {
@@ -305,8 +301,8 @@ def main(argv=None) -> None:
                     f"\nconfidence vs {extras['junk']} pure-noise images (ROC AUC; 1 = "
                     "every junk image ranked below every particle):"
                 )
-                for name, value in extras["auc"].items():
-                    print(f"  {name}: {value:.3f}")
+                for method, value in extras["auc"].items():
+                    print(f"  {method}: {value:.3f}")
             print(flush=True)
 
 

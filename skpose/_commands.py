@@ -20,6 +20,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 import skpose
 from skpose.io import (
@@ -262,6 +263,7 @@ def predict(args) -> None:
     """
     model = _load_model(args.model)
     est = _refining(model, args.volume) if args.refine else model["estimator"]
+    est.set_params(verbose=0)  # one progress bar below, not one per batch
     particles = read_particles(args.particles)
     target = _rescale_box(particles, model)
     n = len(particles)
@@ -271,7 +273,10 @@ def predict(args) -> None:
     batches = iter_particle_images(
         particles, args.batch_size, max_open_files=args.max_open_files
     )
-    for rows, raw in batches:
+    # A progress bar on a terminal (none when stderr is a file or a pipe).
+    total = -(-n // args.batch_size)
+    progress = tqdm(batches, total=total, desc="predict", unit="batch", disable=None)
+    for rows, raw in progress:
         factor = 1.0 if target is None else target / raw.shape[-1]
         if target is not None:
             raw = fourier_resize(raw, target)
@@ -441,7 +446,11 @@ def reconstruct(args) -> None:
         path.write_text(json.dumps(report, indent=2))
         _fsc_plot(report, path.with_suffix(".png"))
         for name, entry in report.items():
-            print(f"FSC ({name}) crosses 0.143 at {entry['resolution_angstrom']:.2f} A")
+            res = entry["resolution_angstrom"]
+            if min(entry["fsc"]) >= 0.143:
+                print(f"FSC ({name}) stays above 0.143 up to Nyquist ({res:.2f} A)")
+            else:
+                print(f"FSC ({name}) crosses 0.143 at {res:.2f} A")
 
 
 def _fsc_entry(reconstruction, freq, curve) -> dict:
