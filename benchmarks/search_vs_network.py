@@ -192,6 +192,13 @@ def run_condition(volume, pixel, symmetry, condition, args):
         lambda: est.predict_poses(sim.images[test], ctf=ctf_test), args.repeats
     )
     rows.append(row("network + local refinement", poses.quaternions, both_s))
+    # Does the confidence also rank the particles' wrong poses low?
+    err = skpose.angular_error(q_true, poses.quaternions, symmetry)
+    right, wrong = err < 5, err > 10
+    if right.any() and wrong.any():
+        aucs["network + refinement: score, right (< 5 deg) vs wrong (> 10 deg)"] = (
+            roc_auc_score(right[right | wrong], poses.score[right | wrong])
+        )
     if n_junk:
         fake = est.predict_poses(junk, ctf=junk_ctf)
         auc("network + refinement: score (NCC)", poses.score, fake.score)
@@ -296,10 +303,10 @@ def main(argv=None) -> None:
             rows, extras = run_condition(volume, pixel, symmetry, condition, args)
             print_table(f"{name} ({symmetry}), {condition}, {pixel:.2f} A/px", rows)
             print("\n" + ratio_line(rows, extras))
-            if extras["junk"]:
+            if extras["auc"]:
                 print(
-                    f"\nconfidence vs {extras['junk']} pure-noise images (ROC AUC; 1 = "
-                    "every junk image ranked below every particle):"
+                    f"\nconfidence, ROC AUC (1: perfect ranking): particles vs "
+                    f"{extras['junk']} pure-noise images, unless said otherwise"
                 )
                 for method, value in extras["auc"].items():
                     print(f"  {method}: {value:.3f}")

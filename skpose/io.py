@@ -20,6 +20,7 @@ Examples
 
 from __future__ import annotations
 
+import mmap
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -311,6 +312,7 @@ class ParticleImageLoader:
                     f"earlier images are {out.shape[1:]}."
                 )
             out[items] = stack[idx]
+            _drop_resident_pages(stack)
         return out if out is not None else np.zeros((0, 0, 0), dtype=np.float32)
 
     def _open_for(self, file: Path, where: str) -> np.ndarray:
@@ -330,6 +332,20 @@ class ParticleImageLoader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _drop_resident_pages(array: np.ndarray) -> None:
+    """Drop the pages a memory-mapped stack has read from this process's memory.
+
+    They stay in the page cache (a later read maps them back without disk I/O), but
+    without this the process's resident memory grows by every page of every open
+    stack it has read: 1.5 GB over a 10^5-particle set at 64 px.
+    """
+    base = array
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None)
+    if base is not None and hasattr(mmap, "MADV_DONTNEED"):
+        base.madvise(mmap.MADV_DONTNEED)
 
 
 def _resolve_rows(rows, n: int) -> np.ndarray:

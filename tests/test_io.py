@@ -564,3 +564,32 @@ def test_cryosparc_errors(tmp_path, shared_data):
     shutil.copy(shared_data / PFCRT, tmp_path / "text.cs")
     with pytest.raises(ValueError, match=r"text\.cs' is not a readable cryoSPARC"):
         read_cryosparc(tmp_path / "text.cs")
+
+
+def _resident_file_kib() -> int | None:
+    """This process's resident file-backed memory (Linux), or None."""
+    try:
+        with open("/proc/self/status") as f:
+            lines = [x for x in f if x.startswith("RssFile:")]
+    except OSError:
+        return None
+    return int(lines[0].split()[1]) if lines else None
+
+
+def test_reading_a_stack_does_not_keep_its_pages_resident(tmp_path):
+    # 96 MiB of images read in batches: the process's memory must not grow with them
+    # (the pages stay in the page cache, not in the process).
+    if _resident_file_kib() is None:
+        pytest.skip("needs /proc/self/status (Linux)")
+    path = tmp_path / "big.mrcs"
+    images = np.random.default_rng(0).standard_normal((6144, 64, 64), np.float32)
+    write_images(path, images)
+    del images
+    with ParticleImageLoader() as loader:
+        loader.load([path], [0])
+        before = _resident_file_kib()
+        for start in range(0, 6144, 512):
+            batch = loader.load([path] * 512, np.arange(start, start + 512))
+        grown_mib = (_resident_file_kib() - before) / 1024
+    assert batch.shape == (512, 64, 64)
+    assert grown_mib < 16, f"resident file-backed memory grew by {grown_mib:.0f} MiB"
