@@ -230,9 +230,7 @@ def _confidence(est, images, quats, shifts, ctf) -> np.ndarray:
     size = est.image_size_
     small = fourier_resize(images, size) if images.shape[-1] != size else images
     scale = size / images.shape[-1]
-    if ctf is not None:
-        ctf = ctf[np.arange(len(ctf))]
-        ctf.pixel_size_angstrom = ctf.pixel_size_angstrom / scale
+    ctf = None if ctf is None else ctf.resampled(scale)
     return pose_score(est.volume_, small, quats, shifts * scale, ctf=ctf)
 
 

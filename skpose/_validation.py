@@ -16,6 +16,7 @@ __all__ = [
     "check_ctf",
     "check_finite",
     "check_images",
+    "check_params",
     "check_volume",
     "is_int",
     "is_real",
@@ -135,6 +136,20 @@ def check_ctf(ctf, n: int):
             f"{len(ctf)}."
         )
     return ctf[np.zeros(n, dtype=int)] if len(ctf) == 1 else ctf
+
+
+def param_error(owner: str, name: str, value, expected: str) -> ValueError:
+    """The error for an estimator parameter ``name`` of ``owner`` set to ``value``."""
+    return ValueError(
+        f"The '{name}' parameter of {owner} must be {expected}. Got {value!r} instead."
+    )
+
+
+def check_params(estimator, owner: str, checks: dict) -> None:
+    """Raise :func:`param_error` for the first ``name: (ok, expected)`` not ``ok``."""
+    for name, (ok, expected) in checks.items():
+        if not ok:
+            raise param_error(owner, name, getattr(estimator, name), expected)
 
 
 def is_real(x) -> bool:

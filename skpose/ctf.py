@@ -80,6 +80,17 @@ class CTFParams:
             **{k: np.broadcast_to(v, (n,))[index].copy() for k, v in d.items()}
         )
 
+    def resampled(self, factor: float) -> CTFParams:
+        """The CTF of the same images Fourier-resampled to ``factor`` times the box.
+
+        Same physical CTF; only the pixel size changes (divided by ``factor``).
+        """
+        if factor == 1:
+            return self
+        fields_ = self.as_dict()
+        fields_["pixel_size_angstrom"] = fields_["pixel_size_angstrom"] / factor
+        return CTFParams(**fields_)
+
 
 def electron_wavelength_angstrom(voltage_kv):
     """Relativistic electron wavelength in Angstrom, as RELION computes it.

@@ -31,6 +31,7 @@ from skpose._validation import (
     VolumeReprMixin,
     check_ctf,
     check_finite,
+    check_params,
     is_int,
     is_real,
     to_tensor,
@@ -273,12 +274,6 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
     # Validation
     # ----------------------------------------------------------------------------
 
-    def _param_error(self, name: str, expected: str) -> ValueError:
-        return ValueError(
-            f"The '{name}' parameter of OrientationEstimator must be {expected}. "
-            f"Got {getattr(self, name)!r} instead."
-        )
-
     def _check_params(self) -> None:
         checks = {
             "w": (is_real(self.w) and 0 <= self.w <= 1, "a float in [0, 1]"),
@@ -303,9 +298,7 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
             "refine": (isinstance(self.refine, (bool, np.bool_)), "True or False"),
             "volume": (self.volume is not None, "an array (N, N, N) or an MRC path"),
         }
-        for name, (ok, expected) in checks.items():
-            if not ok:
-                raise self._param_error(name, expected)
+        check_params(self, "OrientationEstimator", checks)
         if self.symmetry is not None:
             group_order(self.symmetry)  # raises a ValueError naming 'symmetry'
 

@@ -67,11 +67,12 @@ from skpose._validation import (
     as_quaternions,
     check_ctf,
     check_finite,
+    check_params,
     is_int,
     is_real,
+    param_error,
     to_tensor,
 )
-from skpose.ctf import CTFParams
 from skpose.metrics import reprojection_rmse
 from skpose.preprocess import fourier_resize
 from skpose.projection import FourierProjector
@@ -105,15 +106,6 @@ class Poses(NamedTuple):
     shifts_px: np.ndarray
     score: np.ndarray
     margin: np.ndarray
-
-
-def _rescaled_ctf(ctf: CTFParams | None, factor: float) -> CTFParams | None:
-    """The CTF of images resampled by ``factor`` (the pixel size grows by 1/factor)."""
-    if ctf is None or factor == 1:
-        return ctf
-    fields = ctf.as_dict()
-    fields["pixel_size_angstrom"] = fields["pixel_size_angstrom"] / factor
-    return CTFParams(**fields)
 
 
 def _as_output(poses: list, scale: float, numpy_out: bool, like=None) -> Poses:
@@ -436,12 +428,6 @@ class ProjectionMatcher(VolumeReprMixin, BaseEstimator):
     # Validation
     # ----------------------------------------------------------------------------
 
-    def _param_error(self, name: str, expected: str) -> ValueError:
-        return ValueError(
-            f"The '{name}' parameter of ProjectionMatcher must be {expected}. "
-            f"Got {getattr(self, name)!r} instead."
-        )
-
     def _check_params(self) -> None:
         step, refine_step = self.angular_step_deg, self.refine_step_deg
         checks = {
@@ -477,11 +463,10 @@ class ProjectionMatcher(VolumeReprMixin, BaseEstimator):
             ),
             "verbose": (is_int(self.verbose) and self.verbose >= 0, "an int >= 0"),
         }
-        for name, (ok, expected) in checks.items():
-            if not ok:
-                raise self._param_error(name, expected)
+        check_params(self, "ProjectionMatcher", checks)
         if self.device == "cuda" and not torch.cuda.is_available():
-            raise self._param_error("device", "'cpu' or 'auto' (no CUDA device)")
+            expected = "'cpu' or 'auto' (no CUDA device)"
+            raise param_error("ProjectionMatcher", "device", self.device, expected)
         group_order(self.symmetry)  # raises a ValueError naming 'symmetry'
 
     def _images(self, X, name: str = "images") -> torch.Tensor:
@@ -592,7 +577,7 @@ class ProjectionMatcher(VolumeReprMixin, BaseEstimator):
         scale = self.image_size_ / self.input_box_
         if self.image_size_ != self.input_box_:
             X = fourier_resize(X, self.image_size_)
-        return X.to(self.device_), _rescaled_ctf(ctf, scale)
+        return X.to(self.device_), None if ctf is None else ctf.resampled(scale)
 
     def _search_batch(self, x: torch.Tensor, ctf):
         """Global search of one batch: ``(q, t, score, margin)`` tensors."""

@@ -106,3 +106,22 @@ def test_bad_input():
         compute_ctf(CTFParams(1e4, 1e4, 0.0, 1.0, amplitude_contrast=1.5), 16)
     with pytest.raises(ValueError, match="box_size"):
         compute_ctf(CTFParams(1e4, 1e4, 0.0, 1.0), 1)
+
+
+def test_resampled_changes_only_the_pixel_size():
+    ctf = CTFParams(
+        defocus_u_angstrom=[15000.0, 20000.0],
+        defocus_v_angstrom=[14000.0, 19000.0],
+        defocus_angle_deg=[10.0, 40.0],
+        pixel_size_angstrom=[1.5, 1.5],
+    )
+    assert ctf.resampled(1) is ctf
+    half = ctf.resampled(0.5)  # a box half as wide: pixels twice as large
+    np.testing.assert_allclose(half.pixel_size_angstrom, [3.0, 3.0])
+    for name, value in ctf.as_dict().items():
+        if name != "pixel_size_angstrom":
+            np.testing.assert_array_equal(half.as_dict()[name], value)
+    # The same physical CTF: the small box's CTF is the large one's central part.
+    big = np.fft.fftshift(compute_ctf(ctf, 64).numpy(), axes=(-2, -1))
+    small = np.fft.fftshift(compute_ctf(half, 32).numpy(), axes=(-2, -1))
+    np.testing.assert_allclose(small, big[:, 16:48, 16:48], atol=1e-5)
