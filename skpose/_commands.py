@@ -157,11 +157,7 @@ def _sha256(path: Path) -> str:
 
 def fit(args) -> None:
     """``skpose fit``: train (optionally grid-search w and lr) and save the model."""
-    particles = read_particles(args.particles)
-    quats = particles.quaternions
-    if quats is None:
-        raise ValueError(f"{particles.source} has no rlnAngleRot/Tilt/Psi to train on.")
-    pixel = _single_pixel_size(particles)
+    particles, quats, pixel = _posed_particles(args.particles, "to train on")
     images = _network_images(particles)
     est = _estimator(args, args.volume)
     if args.grid_w or args.grid_lr:
@@ -405,35 +401,67 @@ def _evaluation_plots(out, errors, q_true, q_pred, reference, rows, volume, args
 # --------------------------------------------------------------------------------------
 
 
-def reconstruct(args) -> None:
-    """``skpose reconstruct``: Fourier insertion, optional half maps and FSC."""
-    from skpose import reconstruction
-
-    particles = read_particles(args.particles)
+def _posed_particles(path, purpose: str):
+    """Particles with angles, their quaternions, and their single pixel size."""
+    particles = read_particles(path)
     quats = particles.quaternions
     if quats is None:
-        raise ValueError(f"{particles.source} has no rlnAngleRot/Tilt/Psi columns.")
-    pixel = _single_pixel_size(particles)
-    images = load_particle_images(particles)
+        raise ValueError(f"{particles.source} has no rlnAngleRot/Tilt/Psi {purpose}.")
+    return particles, quats, _single_pixel_size(particles)
+
+
+def _stream_reconstruct(particles, quats, ctf, symmetry: str, halves) -> dict:
+    """Maps ``full`` (and ``half1``, ``half2`` with ``halves``), images streamed."""
+    from skpose.reconstruction import BackProjector
+
+    n, grids = len(particles), {}
+    shifts = particles.origins_px
+    batches = iter_particle_images(particles, 256)
+    total = -(-n // 256)
+    for rows, images in tqdm(
+        batches, total=total, desc="reconstruct", unit="batch", disable=None
+    ):
+        if not grids:
+            names = ("full",) if halves is None else ("full", "half1", "half2")
+            box = images.shape[-1]
+            grids = {name: BackProjector(box, symmetry=symmetry) for name in names}
+        parts = {"full": np.ones(len(rows), dtype=bool)}
+        if halves is not None:
+            parts.update(half1=halves[rows] == 1, half2=halves[rows] == 2)
+        for name, keep in parts.items():
+            if keep.any():
+                r = rows[keep]
+                c = None if ctf is None else ctf[r]
+                grids[name].insert(images[keep], quats[r], shifts[r], c)
+    return {name: grid.reconstruct().numpy() for name, grid in grids.items()}
+
+
+def reconstruct(args) -> None:
+    """``skpose reconstruct``: Fourier insertion, optional half maps and FSC.
+
+    Images stream from the stacks in batches into one back-projector per map (the
+    full map and, with ``--half-maps``, one per random half): memory is bounded by
+    the Fourier grids, whatever the particle count.
+    """
+    from skpose import reconstruction
+
+    particles, quats, pixel = _posed_particles(args.particles, "columns")
+    n = len(particles)
     ctf = None if args.no_ctf or not _has_ctf(particles) else particles.ctf
-    common = {
-        "shifts_px": particles.origins_px,
-        "ctf": ctf,
-        "symmetry": args.symmetry,
-    }
-    volume = reconstruction.reconstruct(images, quats, **common)
+    halves = reconstruction.random_halves(n, args.seed) if args.half_maps else None
+    maps = _stream_reconstruct(particles, quats, ctf, args.symmetry, halves)
+    volume = maps["full"]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_volume(args.out, volume, pixel)
     print(f"wrote {args.out}")
     report = {}
     if args.half_maps:
-        half1, half2 = reconstruction.half_maps(
-            images, quats, random_state=args.seed, **common
-        )
         stem = Path(args.out).with_suffix("")
-        write_volume(f"{stem}_half1.mrc", half1, pixel)
-        write_volume(f"{stem}_half2.mrc", half2, pixel)
-        freq, curve = reconstruction.fsc(half1, half2, pixel_size_angstrom=pixel)
+        write_volume(f"{stem}_half1.mrc", maps["half1"], pixel)
+        write_volume(f"{stem}_half2.mrc", maps["half2"], pixel)
+        freq, curve = reconstruction.fsc(
+            maps["half1"], maps["half2"], pixel_size_angstrom=pixel
+        )
         report["half_maps"] = _fsc_entry(reconstruction, freq, curve)
     if args.reference:
         ref, _ = read_volume(args.reference)

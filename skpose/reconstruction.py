@@ -493,6 +493,21 @@ def reconstruct(
     return _reconstruct_rows(images, quaternions, shifts_px, ctf, np.arange(n), options)
 
 
+def random_halves(n: int, random_state=None) -> np.ndarray:
+    """A random split of ``n`` images into halves 1 and 2 (``n // 2`` in half 1).
+
+    The split :func:`half_maps` makes by default, for streaming the same halves into
+    two :class:`BackProjector` objects.
+
+    Examples
+    --------
+    >>> np.bincount(random_halves(7, random_state=0))[1:].tolist()
+    [3, 4]
+    """
+    perm = np.random.default_rng(random_state).permutation(n)
+    return np.where(np.isin(np.arange(n), perm[: n // 2]), 1, 2)
+
+
 def _check_subset(subset, n: int) -> np.ndarray:
     s = np.asarray(subset.cpu() if isinstance(subset, torch.Tensor) else subset)
     if s.shape != (n,) or not np.isin(s, (1, 2)).all():
@@ -557,9 +572,7 @@ def half_maps(
     n, _ = _check_inputs(images, quaternions, shifts_px, ctf)
     if n < 2:
         raise ValueError(f"Expected at least 2 images for two half maps, got {n}.")
-    if subset is None:
-        perm = np.random.default_rng(random_state).permutation(n)
-        subset = np.where(np.isin(np.arange(n), perm[: n // 2]), 1, 2)
+    subset = random_halves(n, random_state) if subset is None else subset
     subset = _check_subset(subset, n)
     return tuple(
         _reconstruct_rows(
