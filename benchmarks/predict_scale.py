@@ -70,8 +70,8 @@ def train(folder: Path, star: Path) -> Path:
     return model
 
 
-def predict_once(star: Path, model: Path, out: Path) -> tuple[float, float]:
-    """Wall seconds and peak resident memory (MiB) of one ``skpose predict`` run."""
+def run_once(argv: list) -> tuple[float, float]:
+    """Wall seconds and peak resident memory (MiB) of one ``skpose`` command."""
     # VmHWM: this process's peak resident set (ru_maxrss would include the parent's,
     # inherited through fork).
     code = (
@@ -80,7 +80,6 @@ def predict_once(star: Path, model: Path, out: Path) -> tuple[float, float]:
         " hwm = [x for x in open('/proc/self/status') if x.startswith('VmHWM')];"
         " print('RESULT', dt, int(hwm[0].split()[1]) / 1024); sys.exit(rc)"
     )
-    argv = ["predict", str(star), "--model", str(model), "--out", str(out)]
     done = subprocess.run(
         [sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True
     )
@@ -95,7 +94,12 @@ def main(argv=None) -> None:
     p.add_argument("--base", type=int, default=10_000, help="particles simulated")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workdir", type=Path, default=None, help="default: a temp dir")
-    p.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS for predict")
+    p.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS")
+    p.add_argument(
+        "--reconstruct",
+        action="store_true",
+        help="also time 'skpose reconstruct --half-maps' on the predicted STAR",
+    )
     args = p.parse_args(argv)
     if any(c % args.base and c > args.base for c in args.counts):
         raise SystemExit("--counts above --base must be multiples of it")
@@ -113,20 +117,26 @@ def main(argv=None) -> None:
         f"{args.threads} threads, {args.repeats} runs each (median)\n"
     )
     print(
-        "| particles | stacks on disk (GiB) | wall s | particles / s | peak RSS MiB |"
+        "| command | particles | stacks on disk (GiB) | wall s | particles / s "
+        "| peak RSS MiB |"
     )
-    print("|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|")
     for count, (star, n) in sets.items():
-        runs = [
-            predict_once(star, model, folder / f"pred_{count}.star")
-            for _ in range(args.repeats)
-        ]
-        seconds = statistics.median(r[0] for r in runs)
-        rss = statistics.median(r[1] for r in runs)
-        disk = n * 64 * 64 * 4 / 2**30
-        print(
-            f"| {n:,} | {disk:.2f} | {seconds:.1f} | {n / seconds:,.0f} | {rss:.0f} |"
-        )
+        out = folder / f"pred_{count}.star"
+        commands = {"predict": ["predict", star, "--model", model, "--out", out]}
+        if args.reconstruct:
+            rec = ["reconstruct", out, "--out", folder / "rec.mrc", "--half-maps"]
+            commands["reconstruct"] = rec
+        for name, command in commands.items():
+            runs = [run_once([str(a) for a in command]) for _ in range(args.repeats)]
+            seconds = statistics.median(r[0] for r in runs)
+            rss = statistics.median(r[1] for r in runs)
+            disk = n * 64 * 64 * 4 / 2**30
+            print(
+                f"| {name} | {n:,} | {disk:.2f} | {seconds:.1f} | {n / seconds:,.0f} "
+                f"| {rss:.0f} |",
+                flush=True,
+            )
         predicted = skpose.read_particles(folder / f"pred_{count}.star")
         assert len(predicted) == n and np.isfinite(predicted.quaternions).all()
 
