@@ -14,8 +14,8 @@ every call, so it appears twice: as published and with the FFT hoisted out.
 
 "fwd+bwd" is one forward pass plus the gradient of ``sum(images * target)`` with
 respect to the quaternions. The third-party projectors take rotation matrices; their
-wrappers build them with ``skpose.rotations.quat_to_matrix`` inside the timed region,
-so every row differentiates down to the same quaternions.
+wrappers build them with ``skpose.geometry.rotations.quat_to_matrix`` inside the timed
+region, so every row differentiates down to the same quaternions.
 
 The optional libraries are not skpose dependencies; install them without letting pip
 touch torch (see ``INSTALL_HINT``). A library that fails to import is skipped with the
@@ -47,8 +47,8 @@ import torch.nn.functional as F
 
 # Benchmark the checkout this file lives in, installed or not.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from skpose.projection import project, project_real_space
-from skpose.rotations import quat_to_matrix, random_quaternions
+from skpose.geometry.rotations import quat_to_matrix, random_quaternions
+from skpose.imaging.projection import project, project_real_space
 
 INSTALL_HINT = """\
 Optional libraries (keep torch as it is: install with --no-deps):
@@ -127,7 +127,7 @@ def sinc2_correct(volume: torch.Tensor, padded_size: int) -> torch.Tensor:
 
 
 def prepare_ours(volume: torch.Tensor, pad: int = 2) -> Projector:
-    """``skpose.projection.project``; the first call fills its volume-FFT cache."""
+    """``skpose.imaging.projection.project``; the first call fills the FFT cache."""
     project(volume, torch.tensor([[1.0, 0.0, 0.0, 0.0]]), pad=pad)
     return partial(_project_ours, volume, pad=pad)
 
@@ -137,7 +137,7 @@ def _project_ours(volume, quat, pad):
 
 
 def prepare_real_space(volume: torch.Tensor) -> Projector:
-    """``skpose.projection.project_real_space``: rotate N^3 voxels per image."""
+    """``skpose.imaging.projection.project_real_space``: rotate N^3 voxels per image."""
     return partial(project_real_space, volume)
 
 

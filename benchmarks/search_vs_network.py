@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
+from skpose import ProjectionMatcher
 
 import skpose
-from skpose.matching import ProjectionMatcher
-from skpose.preprocess import fourier_crop
+from skpose.imaging.preprocess import fourier_crop
 
 HERE = Path(__file__).resolve().parent
 CONDITIONS = {
@@ -63,7 +63,7 @@ def load_map(name: str, box: int):
             vol = fourier_crop(vol, box, ndim=3)
         return vol.astype(np.float32), pixel, "C1"
     if name == "bgal":
-        from skpose.models import volume_from_model
+        from skpose.imaging.models import volume_from_model
 
         pixel = 220.0 / box  # beta-gal is ~180 A across: fit it in the box
         vol, pixel = volume_from_model(

@@ -2,27 +2,54 @@
 
 The geometry core (every convention is in ``docs/conventions.md``):
 
-- :mod:`skpose.rotations`: quaternions ``(w, x, y, z)``, RELION Euler angles,
+- :mod:`skpose.geometry.rotations`: quaternions ``(w, x, y, z)``, RELION Euler angles,
   axis-angle and cryoSPARC poses.
-- :mod:`skpose.symmetry`: point groups in RELION's settings.
-- :mod:`skpose.projection`: differentiable Fourier-slice projector (RELION's
+- :mod:`skpose.geometry.symmetry`: point groups in RELION's settings.
+- :mod:`skpose.imaging.projection`: differentiable Fourier-slice projector (RELION's
   convention) and a real-space reference.
-- :mod:`skpose.ctf`: RELION's CTF.
-- :mod:`skpose.io`, :mod:`skpose.preprocess`: MRC, STAR, cryoSPARC; rescaling and
-  normalisation.
+- :mod:`skpose.imaging.ctf`: RELION's CTF.
+- :mod:`skpose.io`, :mod:`skpose.imaging.preprocess`: MRC, STAR, cryoSPARC;
+  rescaling and normalisation.
 - :mod:`skpose.simulate`, :mod:`skpose.metrics`: simulated particles, reprojection RMSE
   and angular errors.
 
-Reconstruction and resolution: :mod:`skpose.reconstruction`. Optional extras:
-:mod:`skpose.plotting` (matplotlib) and :mod:`skpose.models` (gemmi), imported on use.
+Reconstruction and resolution: :mod:`skpose.imaging.reconstruction`. Optional
+extras: :mod:`skpose.plotting` (matplotlib) and :mod:`skpose.imaging.models` (gemmi),
+imported on use.
 
-The estimator: :class:`OrientationEstimator` (:mod:`skpose.estimator`), the paper's
-network (:mod:`skpose.network`) trained with its losses (:mod:`skpose.losses`) through
-skorch.
+The estimators (:mod:`skpose.estimators`): :class:`OrientationEstimator`, the
+paper's network (:mod:`skpose.learn.network`) trained with its losses
+(:mod:`skpose.learn.losses`) through skorch, and :class:`ProjectionMatcher`, the
+conventional pipeline (:mod:`skpose.search`: global search, then refinement).
 """
 
-from skpose.ctf import CTFParams, compute_ctf
-from skpose.estimator import OrientationEstimator
+from skpose import _compat
+from skpose.estimators import OrientationEstimator, ProjectionMatcher
+from skpose.geometry.rotations import (
+    geodesic_distance,
+    matrix_to_quat,
+    quat_to_matrix,
+    quat_to_relion_euler,
+    random_quaternions,
+    relion_euler_to_quat,
+)
+from skpose.geometry.symmetry import symmetry_group
+from skpose.imaging.ctf import CTFParams, compute_ctf
+from skpose.imaging.preprocess import (
+    fourier_crop,
+    fourier_pad,
+    fourier_resize,
+    normalize_images,
+)
+from skpose.imaging.projection import FourierProjector, project, project_real_space
+from skpose.imaging.reconstruction import (
+    BackProjector,
+    fsc,
+    fsc_resolution,
+    half_maps,
+    reconstruct,
+    resolution_at,
+)
 from skpose.io import (
     Particles,
     read_cryosparc,
@@ -33,45 +60,23 @@ from skpose.io import (
     write_particles,
     write_volume,
 )
-from skpose.matching import Poses, ProjectionMatcher, refine, so3_grid
 from skpose.metrics import (
     angular_error,
     error_summary,
     reprojection_rmse,
     reprojection_scorer,
 )
-from skpose.preprocess import (
-    fourier_crop,
-    fourier_pad,
-    fourier_resize,
-    normalize_images,
-)
-from skpose.projection import FourierProjector, project, project_real_space
-from skpose.reconstruction import (
-    BackProjector,
-    fsc,
-    fsc_resolution,
-    half_maps,
-    reconstruct,
-    resolution_at,
-)
-from skpose.rotations import (
-    geodesic_distance,
-    matrix_to_quat,
-    quat_to_matrix,
-    quat_to_relion_euler,
-    random_quaternions,
-    relion_euler_to_quat,
-)
+from skpose.search import Poses, pose_score, refine, so3_grid
 from skpose.simulate import (
     SimulatedParticles,
     phantom_volume,
     simulate_particles,
     symmetrize_volume,
 )
-from skpose.symmetry import symmetry_group
 
 __version__ = "0.1.0.dev0"
+
+_compat.install()
 
 __all__ = [
     "BackProjector",
@@ -95,6 +100,7 @@ __all__ = [
     "matrix_to_quat",
     "normalize_images",
     "phantom_volume",
+    "pose_score",
     "project",
     "project_real_space",
     "quat_to_matrix",

@@ -122,7 +122,7 @@ def check_volume(volume, name: str = "volume") -> torch.Tensor:
 
 def check_ctf(ctf, n: int):
     """A CTFParams for ``n`` images (one per image, or 1 for all), or None."""
-    from skpose.ctf import CTFParams
+    from skpose.imaging.ctf import CTFParams
 
     if ctf is None:
         return None

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from skpose._validation import as_quaternions, check_volume
-from skpose.projection import project
-from skpose.symmetry import symmetry_aware_distance
+from skpose.geometry.symmetry import symmetry_aware_distance
+from skpose.imaging.projection import project
 
 __all__ = [
     "angular_error",
@@ -96,7 +96,7 @@ def angular_error(q_true, q_pred, symmetry: str = "C1") -> np.ndarray:
         Quaternions ``(w, x, y, z)``.
     symmetry : str, default "C1"
         Point group of the particle; the error is the minimum over the symmetry mates
-        ``q_pred * s`` (see :mod:`skpose.symmetry`).
+        ``q_pred * s`` (see :mod:`skpose.geometry.symmetry`).
 
     Returns
     -------

@@ -24,10 +24,10 @@ except ImportError as exc:
     ) from exc
 
 from skpose._validation import as_quaternions, check_images, check_volume
+from skpose.geometry.rotations import quat_to_matrix
+from skpose.geometry.symmetry import group_order
+from skpose.imaging.projection import project
 from skpose.metrics import angular_error, error_summary
-from skpose.projection import project
-from skpose.rotations import quat_to_matrix
-from skpose.symmetry import group_order
 
 __all__ = [
     "plot_error_by_direction",
@@ -198,7 +198,7 @@ def plot_error_by_direction(
 def _fsc_label(freq: np.ndarray, fsc: np.ndarray, threshold: float) -> str:
     """Where ``fsc`` first drops below ``threshold``, in Angstrom (linear crossing).
 
-    The same rule as :func:`skpose.reconstruction.resolution_at`.
+    The same rule as :func:`skpose.imaging.reconstruction.resolution_at`.
     """
     below = np.flatnonzero(fsc < threshold)
     if below.size == 0:
@@ -343,7 +343,7 @@ def plot_projection_panels(
 
     Row ``i`` shows particle ``i`` (the first ``n``): the input image, the projection
     of ``volume`` at ``q_true`` and at ``q_pred`` (both shifted by ``shifts_px``, no
-    CTF, see :func:`skpose.projection.project`), titled with the angular error.
+    CTF, see :func:`skpose.imaging.projection.project`), titled with the angular error.
     Images are drawn with ``y`` up (``origin="lower"``), each on its own grey scale.
 
     Parameters

@@ -1,8 +1,8 @@
 """Simulated particle images: a built-in phantom, symmetrisation, noisy projections.
 
 The image model is the paper's: ``X = CTF * shift(project(V, R), -origin) + noise``,
-computed by :func:`skpose.projection.project` (so simulated data obey exactly the
-conventions verified on RELION's output).
+computed by :func:`skpose.imaging.projection.project` (so simulated data obey
+exactly the conventions verified on RELION's output).
 
 **SNR** (``snr``) is the ratio of the signal variance to the noise variance, where the
 signal variance is that of the clean images (after shift and CTF, before noise) over
@@ -22,14 +22,14 @@ import pandas as pd
 import torch
 
 from skpose._validation import as_quaternions, check_volume
-from skpose.ctf import CTFParams
-from skpose.projection import project
-from skpose.rotations import (
+from skpose.geometry.rotations import (
     quat_to_matrix,
     quat_to_relion_euler,
     random_quaternions,
 )
-from skpose.symmetry import symmetry_group
+from skpose.geometry.symmetry import symmetry_group
+from skpose.imaging.ctf import CTFParams
+from skpose.imaging.projection import project
 
 __all__ = [
     "SimulatedParticles",
@@ -68,7 +68,7 @@ def phantom_volume(box_size: int = 64, symmetry: str = "C1", *, dtype=np.float32
     box_size : int, default 64
         Side ``N`` of the cubic box; the phantom fits in a sphere of radius ~0.85 N/2.
     symmetry : str, default "C1"
-        Point group name (see :func:`skpose.symmetry.symmetry_group`).
+        Point group name (see :func:`skpose.geometry.symmetry.symmetry_group`).
     dtype : numpy dtype, default float32
 
     Returns

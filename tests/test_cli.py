@@ -13,7 +13,7 @@ import starfile
 
 import skpose
 from skpose.cli import main
-from skpose.preprocess import fourier_pad
+from skpose.imaging.preprocess import fourier_pad
 
 
 @pytest.fixture(scope="module")
@@ -385,8 +385,10 @@ def test_streamed_reconstruction_equals_the_in_memory_one(workdir):
     particles = skpose.read_particles(star)
     images = skpose.io.load_particle_images(particles)
     common = {"shifts_px": particles.origins_px, "ctf": particles.ctf, "symmetry": "C2"}
-    full = skpose.reconstruction.reconstruct(images, particles.quaternions, **common)
-    halves = skpose.reconstruction.half_maps(
+    full = skpose.imaging.reconstruction.reconstruct(
+        images, particles.quaternions, **common
+    )
+    halves = skpose.imaging.reconstruction.half_maps(
         images, particles.quaternions, random_state=3, **common
     )
     names = ("map", "map_half1", "map_half2")

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from _helpers import ncc
 
+from skpose.geometry.rotations import quat_conjugate, random_quaternions
+from skpose.imaging.preprocess import fourier_crop
+from skpose.imaging.projection import project
 from skpose.io import read_images, read_particles, read_volume
-from skpose.preprocess import fourier_crop
-from skpose.projection import project
-from skpose.rotations import quat_conjugate, random_quaternions
 
 
 def nccs(projections, images):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from skpose.ctf import CTFParams, compute_ctf, electron_wavelength_angstrom
+from skpose.imaging.ctf import CTFParams, compute_ctf, electron_wavelength_angstrom
 
 
 def relion_getctf(kx, ky, du, dv, angle_deg, voltage_kv, cs_mm, q0, phase_deg, bfac):

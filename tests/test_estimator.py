@@ -12,9 +12,9 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skpose import angular_error, phantom_volume, simulate_particles, write_volume
-from skpose.estimator import OrientationEstimator
-from skpose.preprocess import phase_flip
-from skpose.rotations import axis_angle_to_quat, quat_multiply
+from skpose.estimators.orientation import OrientationEstimator
+from skpose.geometry.rotations import axis_angle_to_quat, quat_multiply
+from skpose.imaging.preprocess import phase_flip
 
 BOX = 32
 

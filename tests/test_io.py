@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from skpose.geometry.rotations import quat_to_matrix, random_quaternions
 from skpose.io import (
     ParticleImageLoader,
     Particles,
@@ -25,7 +26,6 @@ from skpose.io import (
     write_particles,
     write_volume,
 )
-from skpose.rotations import quat_to_matrix, random_quaternions
 
 STAR_GLOBS = (
     "star/*.star",

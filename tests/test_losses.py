@@ -4,17 +4,21 @@ import numpy as np
 import pytest
 import torch
 
-from skpose.losses import (
+from skpose.geometry.rotations import (
+    axis_angle_to_quat,
+    quat_multiply,
+    random_quaternions,
+)
+from skpose.geometry.symmetry import symmetry_group
+from skpose.imaging.projection import FourierProjector, project
+from skpose.learn.losses import (
     qd_loss,
     reprojection_l1_loss,
     reprojection_scale,
     symmetric_qd_loss,
     weighted_loss,
 )
-from skpose.projection import FourierProjector, project
-from skpose.rotations import axis_angle_to_quat, quat_multiply, random_quaternions
 from skpose.simulate import phantom_volume
-from skpose.symmetry import symmetry_group
 
 
 @pytest.fixture(scope="module")

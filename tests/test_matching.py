@@ -15,24 +15,27 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GridSearchCV
 
 from skpose import (
-    _grid,
-    _search,
+    Poses,
+    ProjectionMatcher,
     angular_error,
     phantom_volume,
     random_quaternions,
+    refine,
     simulate_particles,
+    so3_grid,
     write_volume,
 )
-from skpose._grid import direction_vectors
-from skpose.matching import Poses, ProjectionMatcher, refine, so3_grid
-from skpose.rotations import (
+from skpose.geometry.rotations import (
     axis_angle_to_quat,
     geodesic_distance,
     quat_multiply,
     quat_to_relion_euler,
     relion_euler_to_quat,
 )
-from skpose.symmetry import group_order, symmetry_aware_distance
+from skpose.geometry.symmetry import group_order, symmetry_aware_distance
+from skpose.search import _global as _search
+from skpose.search import grid as _grid
+from skpose.search.grid import direction_vectors
 
 BOX = 64
 
@@ -335,7 +338,7 @@ _PEAK_SCRIPT = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     from skpose import phantom_volume, simulate_particles
-    from skpose.matching import ProjectionMatcher
+    from skpose import ProjectionMatcher
     vol = phantom_volume(64)
     images = simulate_particles(vol, 8, random_state=0).images
     matcher = ProjectionMatcher(vol, angular_step_deg=float(sys.argv[1]))

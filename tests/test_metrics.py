@@ -3,16 +3,20 @@
 import numpy as np
 import pytest
 
+from skpose.geometry.rotations import (
+    axis_angle_to_quat,
+    quat_multiply,
+    random_quaternions,
+)
+from skpose.geometry.symmetry import symmetry_group
+from skpose.imaging.projection import project
 from skpose.metrics import (
     angular_error,
     error_summary,
     reprojection_rmse,
     reprojection_scorer,
 )
-from skpose.projection import project
-from skpose.rotations import axis_angle_to_quat, quat_multiply, random_quaternions
 from skpose.simulate import phantom_volume
-from skpose.symmetry import symmetry_group
 
 
 @pytest.fixture(scope="module")

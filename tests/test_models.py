@@ -9,8 +9,8 @@ import pytest
 
 gemmi = pytest.importorskip("gemmi")
 
-from skpose.models import volume_from_model  # noqa: E402
-from skpose.rotations import quat_to_matrix, random_quaternions  # noqa: E402
+from skpose.geometry.rotations import quat_to_matrix, random_quaternions  # noqa: E402
+from skpose.imaging.models import volume_from_model  # noqa: E402
 
 
 def _corr(a, b) -> float:

@@ -6,8 +6,8 @@ import pickle
 import pytest
 import torch
 
-from skpose.network import TORCHVISION_VGG16_LAYERS, OrientationNet
-from skpose.rotations import axis_angle_to_quat
+from skpose.geometry.rotations import axis_angle_to_quat
+from skpose.learn.network import TORCHVISION_VGG16_LAYERS, OrientationNet
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 

@@ -13,12 +13,12 @@ pytest.importorskip("matplotlib")
 from matplotlib.figure import Figure
 
 from skpose import plotting
-from skpose.projection import project
-from skpose.rotations import (
+from skpose.geometry.rotations import (
     quat_multiply,
     random_quaternions,
     relion_euler_to_quat,
 )
+from skpose.imaging.projection import project
 from skpose.simulate import phantom_volume
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""skpose.preprocess: Fourier cropping / padding, background normalisation, masks."""
+"""skpose.imaging.preprocess: Fourier crop / pad, background normalisation, masks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from skpose.preprocess import (
+from skpose.imaging.preprocess import (
     RELION_BACKGROUND_FRACTION,
     circular_mask,
     fourier_crop,
@@ -252,9 +252,9 @@ def test_circular_mask_errors():
 
 
 def test_phase_flip_restores_positive_contrast():
-    from skpose.ctf import CTFParams
-    from skpose.preprocess import phase_flip
-    from skpose.projection import project
+    from skpose.imaging.ctf import CTFParams
+    from skpose.imaging.preprocess import phase_flip
+    from skpose.imaging.projection import project
     from skpose.simulate import phantom_volume
 
     vol = phantom_volume(32, dtype=np.float64)

@@ -5,9 +5,14 @@ import pytest
 import torch
 from _helpers import ncc
 
-from skpose.ctf import CTFParams, compute_ctf
-from skpose.projection import FourierProjector, phase_shift, project, project_real_space
-from skpose.rotations import axis_angle_to_quat, random_quaternions
+from skpose.geometry.rotations import axis_angle_to_quat, random_quaternions
+from skpose.imaging.ctf import CTFParams, compute_ctf
+from skpose.imaging.projection import (
+    FourierProjector,
+    phase_shift,
+    project,
+    project_real_space,
+)
 from skpose.simulate import phantom_volume
 
 IDENTITY = np.array([[1.0, 0.0, 0.0, 0.0]])
@@ -77,7 +82,7 @@ def test_friedel_opposite_view_is_mirror(phantom):
     """F(-k) = conj F(k): viewing from the other side (diag(-1, 1, -1) R) mirrors x."""
     q = random_quaternions(4, random_state=2)
     flip = torch.tensor([[0.0, 0.0, 1.0, 0.0]], dtype=torch.float64)  # 180 about y
-    from skpose.rotations import quat_multiply
+    from skpose.geometry.rotations import quat_multiply
 
     front = project(torch.as_tensor(phantom), q)
     back = project(torch.as_tensor(phantom), quat_multiply(flip, q))

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from skpose.ctf import CTFParams, compute_ctf
-from skpose.projection import project, project_real_space
-from skpose.reconstruction import (
+from skpose.geometry.rotations import quat_to_matrix, random_quaternions
+from skpose.geometry.symmetry import reduce_to_asymmetric_unit
+from skpose.imaging.ctf import CTFParams, compute_ctf
+from skpose.imaging.projection import project, project_real_space
+from skpose.imaging.reconstruction import (
     BackProjector,
     fsc,
     fsc_resolution,
@@ -17,9 +19,7 @@ from skpose.reconstruction import (
     reconstruct,
     resolution_at,
 )
-from skpose.rotations import quat_to_matrix, random_quaternions
 from skpose.simulate import phantom_volume, simulate_particles
-from skpose.symmetry import reduce_to_asymmetric_unit
 
 N = 32
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from skpose import rotations as rot
+from skpose.geometry import rotations as rot
 
 TOL = {torch.float32: 2e-5, torch.float64: 1e-12}
 

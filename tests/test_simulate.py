@@ -4,17 +4,17 @@ import numpy as np
 import pytest
 from _helpers import ncc
 
-from skpose.ctf import CTFParams
+from skpose.geometry.rotations import quat_multiply
+from skpose.geometry.symmetry import symmetry_group
+from skpose.imaging.ctf import CTFParams
+from skpose.imaging.projection import project
 from skpose.io import read_images, read_particles
-from skpose.projection import project
-from skpose.rotations import quat_multiply
 from skpose.simulate import (
     phantom_volume,
     random_ctf,
     simulate_particles,
     symmetrize_volume,
 )
-from skpose.symmetry import symmetry_group
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from skpose.rotations import (
+from skpose.geometry.rotations import (
     geodesic_distance,
     quat_conjugate,
     quat_multiply,
@@ -15,7 +15,7 @@ from skpose.rotations import (
     random_quaternions,
     relion_euler_to_quat,
 )
-from skpose.symmetry import (
+from skpose.geometry.symmetry import (
     asymmetric_unit_mask,
     closest_symmetry_mate,
     group_order,

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 import skpose
+from skpose.imaging.preprocess import fourier_resize, phase_flip
 from skpose.io import (
     iter_particle_images,
     load_particle_images,
@@ -31,7 +32,6 @@ from skpose.io import (
     write_particles,
     write_volume,
 )
-from skpose.preprocess import fourier_resize, phase_flip
 
 _MODEL_FORMAT = "skpose-model-1"
 
@@ -221,7 +221,7 @@ def _rescale_box(particles, model: dict) -> int | None:
 
 def _confidence(est, images, quats, shifts, ctf) -> np.ndarray:
     """NCC of each image with its predicted projection, at the network's size."""
-    from skpose.matching import pose_score
+    from skpose.search import pose_score
 
     size = est.image_size_
     small = fourier_resize(images, size) if images.shape[-1] != size else images
@@ -412,7 +412,7 @@ def _posed_particles(path, purpose: str):
 
 def _stream_reconstruct(particles, quats, ctf, symmetry: str, halves) -> dict:
     """Maps ``full`` (and ``half1``, ``half2`` with ``halves``), images streamed."""
-    from skpose.reconstruction import BackProjector
+    from skpose.imaging.reconstruction import BackProjector
 
     n, grids = len(particles), {}
     shifts = particles.origins_px
@@ -443,7 +443,7 @@ def reconstruct(args) -> None:
     full map and, with ``--half-maps``, one per random half): memory is bounded by
     the Fourier grids, whatever the particle count.
     """
-    from skpose import reconstruction
+    from skpose.imaging import reconstruction
 
     particles, quats, pixel = _posed_particles(args.particles, "columns")
     n = len(particles)

@@ -1,6 +1,6 @@
 """The global pass of projection matching: polar correlations over the grid.
 
-Private to :mod:`skpose.matching`; the grid is :mod:`skpose._grid`.
+Private to :mod:`skpose.search`; the grid is :mod:`skpose.search.grid`.
 
 Images and references are compared in polar Fourier coordinates, ``F(r, phi)`` on
 rings ``r = 1 .. r_max`` (cycles per box) at the grid's ``n_psi`` in-plane angles. An
@@ -37,11 +37,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from skpose._grid import direction_vectors, in_plane_quats, n_psi_for
-from skpose.ctf import compute_ctf
-from skpose.projection import FourierProjector
-from skpose.rotations import quat_multiply, quat_to_matrix
-from skpose.symmetry import symmetry_matrices
+from skpose.geometry.rotations import quat_multiply, quat_to_matrix
+from skpose.geometry.symmetry import symmetry_matrices
+from skpose.imaging.ctf import compute_ctf
+from skpose.imaging.projection import FourierProjector
+from skpose.search.grid import direction_vectors, in_plane_quats, n_psi_for
 
 __all__ = [
     "PolarLayout",
@@ -287,8 +287,8 @@ class ImageSide:
 def image_side(images, layout: PolarLayout, offsets_px, ctf=None) -> ImageSide:
     """Polar modes of images at every trial translation (RELION origins ``offsets_px``).
 
-    ``ctf`` is ``None`` or a :class:`~skpose.ctf.CTFParams` of the images; the modes
-    are then those of the CTF-multiplied images.
+    ``ctf`` is ``None`` or a :class:`~skpose.imaging.ctf.CTFParams` of the images;
+    the modes are then those of the CTF-multiplied images.
     """
     box = layout.box_size
     k2d = layout.points(images.dtype, images.device)
@@ -507,7 +507,7 @@ def global_search(projector, dir_quats, offsets_px, images, ctf, *, step_deg, sy
     projector : FourierProjector
         The map at the images' box.
     dir_quats : torch.Tensor of shape (D, 4)
-        The grid's directions (:func:`skpose._grid.grid_directions`).
+        The grid's directions (:func:`skpose.search.grid.grid_directions`).
     offsets_px : torch.Tensor of shape (S, 2)
         Trial RELION origins in pixels.
     images : torch.Tensor of shape (n, N, N)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from skpose.ctf import CTFParams
-from skpose.rotations import cryosparc_pose_to_quat
+from skpose.geometry.rotations import cryosparc_pose_to_quat
+from skpose.imaging.ctf import CTFParams
 
 __all__ = ["CryoSparcParticles", "read_cryosparc"]
 

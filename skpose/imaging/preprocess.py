@@ -352,14 +352,14 @@ def phase_flip(images, ctf):
     ----------
     images : torch.Tensor or numpy.ndarray of shape (n, N, N)
         Images ``[y, x]`` with the origin at ``N // 2``.
-    ctf : skpose.ctf.CTFParams
+    ctf : skpose.imaging.ctf.CTFParams
         ``n`` particles' parameters (their pixel size is the images').
 
     Returns
     -------
     Same type as ``images``, shape (n, N, N)
     """
-    from skpose.ctf import CTFParams, compute_ctf
+    from skpose.imaging.ctf import CTFParams, compute_ctf
 
     was_numpy = not isinstance(images, torch.Tensor)
     t = check_images(images)

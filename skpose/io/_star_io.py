@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from skpose._star import (
+from skpose.geometry.rotations import quat_to_relion_euler
+from skpose.io._star import (
     _PIXEL_SIZE_HELP,
     ANGLE_COLUMNS,
     Particles,
     _to_numpy,
 )
-from skpose.rotations import quat_to_relion_euler
 
 __all__ = ["read_particles", "write_particles"]
 

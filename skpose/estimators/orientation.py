@@ -36,14 +36,14 @@ from skpose._validation import (
     is_real,
     to_tensor,
 )
-from skpose.losses import reprojection_scale, weighted_loss
-from skpose.matching import Poses, pose_score, refine
+from skpose.geometry.rotations import quat_canonical
+from skpose.geometry.symmetry import group_order
+from skpose.imaging.preprocess import fourier_resize, normalize_images, phase_flip
+from skpose.imaging.projection import FourierProjector
+from skpose.learn.losses import reprojection_scale, weighted_loss
+from skpose.learn.network import OrientationNet, resolve_image_size
 from skpose.metrics import reprojection_rmse
-from skpose.network import OrientationNet, resolve_image_size
-from skpose.preprocess import fourier_resize, normalize_images, phase_flip
-from skpose.projection import FourierProjector
-from skpose.rotations import quat_canonical
-from skpose.symmetry import group_order
+from skpose.search.poses import Poses, pose_score, refine
 
 __all__ = ["OrientationEstimator"]
 
@@ -173,7 +173,7 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
         (the paper) and 64 for ``"small"``.
     architecture : {"vgg16", "small"}, default "vgg16"
         The paper's network, or our narrow CPU configuration (see
-        :class:`skpose.network.OrientationNet`).
+        :class:`skpose.learn.network.OrientationNet`).
     output : {"quaternion", "axis_angle"}, default "quaternion"
         The network's rotation representation (paper Table 3).
     pretrained : str or None, default None
@@ -193,7 +193,7 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
         again (as :meth:`partial_fit` does).
     refine : bool, default False
         After the network, refine each pose by a local search against the map at the
-        images' full box (:func:`skpose.matching.refine` with a 60 degree cone,
+        images' full box (:func:`skpose.search.refine` with a 60 degree cone,
         origins within 4 px, a 2 degree final step): ``predict`` and
         :meth:`predict_poses` then return search-quality poses wherever the network
         was within reach. Needs the map (``volume``) at predict time.
@@ -208,7 +208,7 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
         Box size of the images ``fit`` saw (``predict`` requires the same).
     image_size_ : int
     reprojection_scale_ : float
-        Divides the reprojection loss (see :mod:`skpose.losses`).
+        Divides the reprojection loss (see :mod:`skpose.learn.losses`).
     n_iter_ : int
         Iterations trained so far.
     n_features_in_ : int
@@ -616,9 +616,9 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
         Poses
             numpy arrays. ``score``: the normalised cross-correlation of each image
             with the projection at its pose (full box, see
-            :func:`skpose.matching.pose_score`); junk images and wrong poses score
+            :func:`skpose.search.pose_score`); junk images and wrong poses score
             low. With ``refine=True``, poses and origins are refined and ``margin``
-            is the refinement's (see :func:`skpose.matching.refine`); otherwise
+            is the refinement's (see :func:`skpose.search.refine`); otherwise
             origins are ``shifts`` and ``margin`` is NaN.
         """
         check_is_fitted(self, "net_")

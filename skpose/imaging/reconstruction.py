@@ -1,7 +1,7 @@
 """Reconstruction by Fourier insertion, half maps, and the Fourier shell correlation.
 
-The reconstruction is the inverse of :func:`skpose.projection.project`, in the same
-conventions (``docs/conventions.md``): an image at rotation ``R`` (our ``R`` =
+The reconstruction is the inverse of :func:`skpose.imaging.projection.project`, in
+the same conventions (``docs/conventions.md``): an image at rotation ``R`` (our ``R`` =
 RELION's ``A``) is the central slice ``F_img(k) = F_V(R^T (kx, ky, 0)^T)`` of the
 volume's transform, images are ``[y, x]`` with the origin at ``N // 2``, volumes
 ``[z, y, x]`` with the origin at ``N // 2``, and ``shifts_px`` are RELION origins.
@@ -9,7 +9,8 @@ volume's transform, images are ``[y, x]`` with the origin at ``N // 2``, volumes
 Algorithm (:class:`BackProjector`), RELION's backprojection with trilinear insertion:
 
 1. Each image is transformed (``rfft2``, origin moved to index 0) and phase-shifted by
-   ``+origin`` to centre it (the conjugate of :func:`skpose.projection.phase_shift`).
+   ``+origin`` to centre it (the conjugate of
+   :func:`skpose.imaging.projection.phase_shift`).
 2. With a CTF, the transform is multiplied by the CTF and the CTF squared is the
    sample's weight (without a CTF the weight is 1).
 3. Every frequency within the Nyquist circle ``|k| <= N / 2`` is inserted at
@@ -31,7 +32,7 @@ Algorithm (:class:`BackProjector`), RELION's backprojection with trilinear inser
 6. Inverse FFT, crop the central ``N^3``, and gridding correction: divide by
    ``sinc^2(r / P)`` on each axis, the real-space transform of the trilinear kernel on
    the padded grid (the inserted samples are convolved with that kernel; the same
-   correction :mod:`skpose.projection` applies before projecting).
+   correction :mod:`skpose.imaging.projection` applies before projecting).
 
 The FSC (:func:`fsc`) is computed over shells ``round(|k|) = 0 .. N // 2``;
 :func:`resolution_at` reads where it drops below a threshold (0.143 for half maps).
@@ -47,10 +48,10 @@ import numpy as np
 import torch
 
 from skpose._validation import as_quaternions, check_finite, check_volume, to_tensor
-from skpose.ctf import CTFParams, compute_ctf
-from skpose.projection import phase_shift
-from skpose.rotations import quat_multiply, quat_to_matrix
-from skpose.symmetry import symmetry_group
+from skpose.geometry.rotations import quat_multiply, quat_to_matrix
+from skpose.geometry.symmetry import symmetry_group
+from skpose.imaging.ctf import CTFParams, compute_ctf
+from skpose.imaging.projection import phase_shift
 
 __all__ = [
     "BackProjector",
@@ -97,7 +98,7 @@ class BackProjector:
     pad : int, default 2
         Oversampling of the Fourier grid (RELION's ``padding_factor``).
     symmetry : str, default "C1"
-        Point group (see :func:`skpose.symmetry.symmetry_group`); each image is
+        Point group (see :func:`skpose.geometry.symmetry.symmetry_group`); each image is
         inserted at all its mates ``q * s``.
     dtype : torch.dtype, default torch.float32
         Of the accumulation and of the result.
@@ -434,9 +435,9 @@ def reconstruct(
 ):
     """Reconstruct a volume from oriented images by Fourier insertion.
 
-    The inverse of :func:`skpose.projection.project` (same conventions); the algorithm
-    is in this module's docstring. Images are streamed in batches of ``batch_size``,
-    so a memory-mapped stack is never loaded whole.
+    The inverse of :func:`skpose.imaging.projection.project` (same conventions); the
+    algorithm is in this module's docstring. Images are streamed in batches of
+    ``batch_size``, so a memory-mapped stack is never loaded whole.
 
     Parameters
     ----------
@@ -473,8 +474,8 @@ def reconstruct(
 
     Examples
     --------
-    >>> from skpose.projection import project
-    >>> from skpose.rotations import random_quaternions
+    >>> from skpose.imaging.projection import project
+    >>> from skpose.geometry.rotations import random_quaternions
     >>> vol = torch.zeros(16, 16, 16); vol[8, 8, 11] = 1.0
     >>> q = random_quaternions(200, random_state=0, dtype=torch.float32)
     >>> rec = reconstruct(project(vol, q), q)
@@ -553,7 +554,7 @@ def half_maps(
 
     Examples
     --------
-    >>> from skpose.rotations import random_quaternions
+    >>> from skpose.geometry.rotations import random_quaternions
     >>> q = random_quaternions(6, random_state=0)
     >>> m1, m2 = half_maps(np.zeros((6, 16, 16)), q.numpy(), random_state=0)
     >>> m1.shape, m2.shape

@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from skpose.ctf import CTFParams
-from skpose.rotations import relion_euler_to_quat
+from skpose.geometry.rotations import relion_euler_to_quat
+from skpose.imaging.ctf import CTFParams
 
 __all__ = ["Particles", "require_columns"]
 

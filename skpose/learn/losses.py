@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import torch
 
-from skpose.projection import FourierProjector
-from skpose.rotations import quat_multiply, random_quaternions
-from skpose.symmetry import symmetry_group
+from skpose.geometry.rotations import quat_multiply, random_quaternions
+from skpose.geometry.symmetry import symmetry_group
+from skpose.imaging.projection import FourierProjector
 
 __all__ = [
     "qd_loss",
@@ -62,7 +62,7 @@ def symmetric_qd_loss(
     q_pred, q_true : torch.Tensor of shape (n, 4)
         Unit quaternions.
     symmetry : str
-        Point group (see :func:`skpose.symmetry.symmetry_group`).
+        Point group (see :func:`skpose.geometry.symmetry.symmetry_group`).
 
     Returns
     -------

@@ -1,6 +1,6 @@
 """The search grid: near-uniform rotations over one asymmetric unit of a point group.
 
-Private to :mod:`skpose.matching` (which re-exports :func:`so3_grid`).
+Part of :mod:`skpose.search` (which re-exports :func:`so3_grid`).
 
 Viewing directions on a Fibonacci sphere times in-plane angles. A rotation ``R``
 views the map along ``d = R^T z`` (the third row of ``R``, RELION's
@@ -23,13 +23,13 @@ import math
 
 import torch
 
-from skpose.rotations import (
+from skpose.geometry.rotations import (
     quat_canonical,
     quat_multiply,
     quat_to_matrix,
     relion_euler_to_quat,
 )
-from skpose.symmetry import symmetry_matrices
+from skpose.geometry.symmetry import symmetry_matrices
 
 __all__ = [
     "direction_vectors",
@@ -140,7 +140,7 @@ def so3_grid(angular_step_deg: float, symmetry: str = "C1") -> torch.Tensor:
     angular_step_deg : float
         Spacing in degrees, in (0, 90].
     symmetry : str, default "C1"
-        Point group (see :func:`skpose.symmetry.symmetry_group`).
+        Point group (see :func:`skpose.geometry.symmetry.symmetry_group`).
 
     Returns
     -------

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from skpose._validation import as_quaternions
-from skpose.rotations import (
+from skpose.geometry.rotations import (
     _numpy_edge,
     geodesic_distance,
     quat_canonical,

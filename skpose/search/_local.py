@@ -1,6 +1,6 @@
 """Local refinement: full-resolution correlations and a shrinking local search.
 
-Private to :mod:`skpose.matching`.
+Private to :mod:`skpose.search`.
 
 :class:`FourierScorer` computes normalised cross-correlations of images with central
 slices of the map at given rotations and translations, on the Cartesian ``rfft2``
@@ -30,10 +30,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from skpose._search import padded_planes, resolution_for, sample_planes, slice_planes
-from skpose.ctf import compute_ctf
-from skpose.rotations import axis_angle_to_quat, quat_multiply
-from skpose.symmetry import symmetry_aware_distance
+from skpose.geometry.rotations import axis_angle_to_quat, quat_multiply
+from skpose.geometry.symmetry import symmetry_aware_distance
+from skpose.imaging.ctf import compute_ctf
+from skpose.search._global import (
+    padded_planes,
+    resolution_for,
+    sample_planes,
+    slice_planes,
+)
 
 __all__ = ["FourierScorer", "LocalResult", "batches", "local_search", "refine_batches"]
 

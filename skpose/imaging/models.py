@@ -32,7 +32,7 @@ def _import_gemmi():
         import gemmi
     except ImportError as exc:
         raise ImportError(
-            "skpose.models needs gemmi to read atomic models: "
+            "skpose.imaging.models needs gemmi to read atomic models: "
             "pip install skpose[models]"
         ) from exc
     return gemmi

@@ -27,7 +27,7 @@ for both architectures) follows the VGG-block convs only: ``down2``'s 1 x 1 map 
 ``output="axis_angle"`` is the paper's alternative head (Table 3): three numbers, each
 squashed to (-pi, pi) by ``pi * tanh``, read as a rotation vector (its length, the
 angle, can exceed pi; the quaternion wraps) and converted with
-:func:`skpose.rotations.axis_angle_to_quat`. Both heads return ``(n, 4)`` unit
+:func:`skpose.geometry.rotations.axis_angle_to_quat`. Both heads return ``(n, 4)`` unit
 quaternions; the quaternion head does not canonicalise (the losses are sign-invariant).
 """
 
@@ -42,7 +42,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from skpose.rotations import axis_angle_to_quat
+from skpose.geometry.rotations import axis_angle_to_quat
 
 __all__ = [
     "TORCHVISION_VGG16_LAYERS",

@@ -20,7 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from skpose import _commands
+from skpose.cli import _commands
 
 __all__ = ["main"]
 

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from skpose._validation import as_quaternions, check_volume, to_tensor
-from skpose.ctf import CTFParams, compute_ctf
-from skpose.rotations import quat_to_matrix
+from skpose.geometry.rotations import quat_to_matrix
+from skpose.imaging.ctf import CTFParams, compute_ctf
 
 __all__ = ["FourierProjector", "phase_shift", "project", "project_real_space"]
 
