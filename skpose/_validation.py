@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 __all__ = [
     "VolumeReprMixin",
     "as_quaternions",
+    "back_like",
     "check_ctf",
     "check_finite",
     "check_images",
@@ -20,6 +22,8 @@ __all__ = [
     "check_volume",
     "is_int",
     "is_real",
+    "numpy_edge",
+    "to_numpy",
     "to_tensor",
 ]
 
@@ -68,6 +72,68 @@ def to_tensor(x, name: str, *, dtype=None, device=None) -> torch.Tensor:
     if dtype is not None or device is not None:
         t = t.to(dtype=dtype or t.dtype, device=device or t.device)
     return t
+
+
+# --------------------------------------------------------------------------------------
+# The numpy edge: numpy (or lists) in, numpy out; tensors in, tensors out
+# --------------------------------------------------------------------------------------
+
+_ARRAY_LIKE = (np.ndarray, list, tuple)
+
+
+def to_numpy(x) -> np.ndarray:
+    """``x`` as a numpy array; a tensor is detached and copied to the CPU."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def back_like(result, *originals):
+    """Return ``result`` as the caller's input came in: the numpy edge of skpose.
+
+    Parameters
+    ----------
+    result : torch.Tensor or tuple of torch.Tensor
+        What a core function computed (a named tuple keeps its type).
+    *originals
+        The caller's inputs (arrays, tensors, lists).
+
+    Returns
+    -------
+    torch.Tensor, numpy.ndarray or tuple of them
+        ``result`` unchanged (tensors on their device) when one of ``originals`` is a
+        tensor; otherwise its tensors as numpy arrays (:func:`to_numpy`, same dtype).
+    """
+    if any(isinstance(x, torch.Tensor) for x in originals):
+        return result
+    if isinstance(result, tuple):
+        items = [back_like(r, *originals) for r in result]
+        return type(result)(*items) if hasattr(result, "_fields") else tuple(items)
+    return to_numpy(result) if isinstance(result, torch.Tensor) else result
+
+
+def numpy_edge(func):
+    """Let a torch function take numpy arrays (or lists) and give numpy back.
+
+    Only positional arguments count: when one is an array, list or tuple and none is a
+    tensor, those are converted with :func:`to_tensor` (named after their parameter)
+    and the result goes through :func:`back_like`. Otherwise ``func`` runs as is.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        if any(isinstance(a, torch.Tensor) for a in args) or not any(
+            isinstance(a, _ARRAY_LIKE) for a in args
+        ):
+            return func(*args, **kwargs)
+        names = func.__code__.co_varnames
+        tensors = tuple(
+            to_tensor(a, name) if isinstance(a, _ARRAY_LIKE) else a
+            for a, name in zip(args, names, strict=False)
+        )
+        return back_like(func(*tensors, **kwargs), *args)
+
+    return wrapper
 
 
 def check_finite(t: torch.Tensor, name: str) -> None:

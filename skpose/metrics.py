@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from skpose._validation import as_quaternions, check_volume
+from skpose._validation import as_quaternions, check_volume, to_numpy
 from skpose.geometry.symmetry import symmetry_aware_distance
 from skpose.imaging.projection import project
 
@@ -73,7 +73,7 @@ def reprojection_rmse(
     total = 0.0
     for start in range(0, a.shape[0], batch_size):
         sl = slice(start, start + batch_size)
-        t = None if shifts_px is None else np.asarray(shifts_px)[sl]
+        t = None if shifts_px is None else to_numpy(shifts_px)[sl]
         pair = project(vol, torch.cat((a[sl], b[sl])), _twice(t))
         half = pair.shape[0] // 2
         total += float(((pair[:half] - pair[half:]) ** 2).sum())
@@ -109,7 +109,7 @@ def angular_error(q_true, q_pred, symmetry: str = "C1") -> np.ndarray:
     array([0.])
     """
     a, b = _paired(q_true, q_pred)
-    return np.rad2deg(symmetry_aware_distance(a, b, symmetry).cpu().numpy())
+    return np.rad2deg(to_numpy(symmetry_aware_distance(a, b, symmetry)))
 
 
 def error_summary(errors_deg) -> dict:

@@ -23,7 +23,7 @@ except ImportError as exc:
         "skpose.plotting needs matplotlib: pip install skpose[plot]"
     ) from exc
 
-from skpose._validation import as_quaternions, check_images, check_volume
+from skpose._validation import as_quaternions, check_images, check_volume, to_numpy
 from skpose.geometry.rotations import quat_to_matrix
 from skpose.geometry.symmetry import group_order
 from skpose.imaging.projection import project
@@ -130,7 +130,7 @@ def _viewing_directions(quaternions, n: int) -> np.ndarray:
             f"Expected 'quaternions_true' to have shape ({n}, 4) to match "
             f"'errors_deg', got {tuple(q.shape)}."
         )
-    return quat_to_matrix(q)[:, 2, :].cpu().numpy()
+    return to_numpy(quat_to_matrix(q)[:, 2, :])
 
 
 def plot_error_by_direction(
@@ -309,8 +309,8 @@ def _check_panel_inputs(images, volume, q_true, q_pred, shifts_px, n):
     shape = np.shape(images)
     m = shape[0] if len(shape) == 3 else 0
     rows = min(int(n), m) if m else None
-    imgs = check_images(images[:rows] if rows else images).cpu().numpy()
-    vol = check_volume(volume).cpu().numpy()
+    imgs = to_numpy(check_images(images[:rows] if rows else images))
+    vol = to_numpy(check_volume(volume))
     if imgs.shape[-1] != vol.shape[-1]:
         raise ValueError(
             f"Expected 'images' ({imgs.shape[-1]} px) and 'volume' "
@@ -318,7 +318,7 @@ def _check_panel_inputs(images, volume, q_true, q_pred, shifts_px, n):
         )
     out = []
     for name, value in (("q_true", q_true), ("q_pred", q_pred)):
-        t = as_quaternions(value, name).cpu().numpy().astype(np.float64)
+        t = to_numpy(as_quaternions(value, name)).astype(np.float64)
         if t.shape != (m, 4):
             raise ValueError(
                 f"Expected '{name}' to have shape ({m}, 4) like 'images', got "

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from skpose._validation import as_quaternions, check_volume
+from skpose._validation import as_quaternions, back_like, check_volume, to_numpy
 from skpose.geometry.rotations import (
     quat_to_matrix,
     quat_to_relion_euler,
@@ -114,7 +114,6 @@ def symmetrize_volume(volume, symmetry: str):
     -------
     Same type as ``volume``, shape (N, N, N)
     """
-    numpy_in = not isinstance(volume, torch.Tensor)
     vol = check_volume(volume)
     n = vol.shape[-1]
     mats = quat_to_matrix(symmetry_group(symmetry, dtype=vol.dtype, device=vol.device))
@@ -129,7 +128,7 @@ def symmetrize_volume(volume, symmetry: str):
             vol[None, None], grid[None], mode="bilinear", align_corners=True
         )[0, 0]
     out /= mats.shape[0]
-    return out.cpu().numpy() if numpy_in else out
+    return back_like(out, volume)
 
 
 def random_ctf(
@@ -270,7 +269,7 @@ class SimulatedParticles:
 
 def _draw_poses(poses, n: int, rng) -> np.ndarray:
     if poses is None:
-        return random_quaternions(n, rng).numpy()
+        return to_numpy(random_quaternions(n, rng))
     if isinstance(poses, (str, Path)):
         from skpose.io import read_particles
 
@@ -280,7 +279,7 @@ def _draw_poses(poses, n: int, rng) -> np.ndarray:
                 f"STAR file {poses} given as 'poses' has no angle columns."
             )
         poses = quats
-    pool = as_quaternions(poses, "poses").numpy()
+    pool = to_numpy(as_quaternions(poses, "poses"))
     if pool.ndim != 2 or len(pool) == 0:
         raise ValueError(
             f"Expected 'poses' to have shape (m, 4) with m >= 1, got {pool.shape}."
@@ -372,7 +371,7 @@ def simulate_particles(
     for start in range(0, int(n), batch_size):
         sl = slice(start, start + batch_size)
         c = None if ctf_params is None else ctf_params[np.arange(int(n))[sl]]
-        images[sl] = project(vol, quats[sl], shifts[sl], c).detach().numpy()
+        images[sl] = to_numpy(project(vol, quats[sl], shifts[sl], c))
     noise_std = 0.0
     if snr is not None:
         noise_std = math.sqrt(float(images.var(dtype=np.float64)) / snr)

@@ -20,13 +20,12 @@ and the result comes back as numpy.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 import torch
 
-from skpose._validation import as_quaternions, check_finite, to_tensor
+from skpose._validation import as_quaternions, check_finite, numpy_edge, to_tensor
 
 __all__ = [
     "axis_angle_to_quat",
@@ -46,29 +45,6 @@ __all__ = [
     "relion_euler_to_matrix",
     "relion_euler_to_quat",
 ]
-
-
-def _numpy_edge(func):
-    """Let a torch function accept numpy (or lists) and return numpy in that case."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        was_numpy = any(
-            isinstance(a, (np.ndarray, list, tuple)) for a in args
-        ) and not any(isinstance(a, torch.Tensor) for a in args)
-        if was_numpy:
-            args = tuple(
-                to_tensor(a, name) if isinstance(a, (np.ndarray, list, tuple)) else a
-                for a, name in zip(args, func.__code__.co_varnames, strict=False)
-            )
-        out = func(*args, **kwargs)
-        if was_numpy:
-            if isinstance(out, tuple):
-                return tuple(o.detach().cpu().numpy() for o in out)
-            return out.detach().cpu().numpy()
-        return out
-
-    return wrapper
 
 
 def _check_matrix(matrix, name: str = "matrix") -> torch.Tensor:
@@ -96,7 +72,7 @@ def _check_vectors(x, name: str, size: int = 3) -> torch.Tensor:
 # --------------------------------------------------------------------------------------
 
 
-@_numpy_edge
+@numpy_edge
 def quat_normalize(quat):
     """Divide quaternions by their norm.
 
@@ -113,7 +89,7 @@ def quat_normalize(quat):
     return as_quaternions(quat, "quat")
 
 
-@_numpy_edge
+@numpy_edge
 def quat_canonical(quat):
     """Flip the sign of quaternions so that ``w >= 0`` (q and -q are one rotation).
 
@@ -144,7 +120,7 @@ def quat_canonical(quat):
     return q * sign + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
-@_numpy_edge
+@numpy_edge
 def quat_conjugate(quat):
     """Conjugate ``(w, -x, -y, -z)``: the inverse rotation of a unit quaternion.
 
@@ -161,7 +137,7 @@ def quat_conjugate(quat):
     return q * q.new_tensor([1.0, -1.0, -1.0, -1.0])
 
 
-@_numpy_edge
+@numpy_edge
 def quat_multiply(quat1, quat2):
     """Hamilton product ``quat1 * quat2``: the rotation ``R(quat1) @ R(quat2)``.
 
@@ -191,7 +167,7 @@ def quat_multiply(quat1, quat2):
     )
 
 
-@_numpy_edge
+@numpy_edge
 def quat_to_matrix(quat):
     """Rotation matrices of unit quaternions (paper eq. 10, standard signs).
 
@@ -222,7 +198,7 @@ def quat_to_matrix(quat):
     return torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)
 
 
-@_numpy_edge
+@numpy_edge
 def matrix_to_quat(matrix):
     """Unit quaternions of rotation matrices, stable for every angle.
 
@@ -298,7 +274,7 @@ def random_quaternions(n: int, random_state=None, *, dtype=torch.float64, device
     return quat_canonical(q)
 
 
-@_numpy_edge
+@numpy_edge
 def geodesic_distance(quat1, quat2):
     """Angle of the rotation taking ``quat1`` to ``quat2`` (paper eq. 11), radians.
 
@@ -327,7 +303,7 @@ def geodesic_distance(quat1, quat2):
 # --------------------------------------------------------------------------------------
 
 
-@_numpy_edge
+@numpy_edge
 def relion_euler_to_matrix(angles_deg):
     """RELION's ``Euler_angles2matrix(rot, tilt, psi)``, written out.
 
@@ -353,7 +329,7 @@ def relion_euler_to_matrix(angles_deg):
     return torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)
 
 
-@_numpy_edge
+@numpy_edge
 def relion_euler_to_quat(angles_deg):
     """Quaternions of RELION Euler angles ``(rot, tilt, psi)`` in degrees.
 
@@ -375,7 +351,7 @@ def relion_euler_to_quat(angles_deg):
     return matrix_to_quat(relion_euler_to_matrix(angles_deg))
 
 
-@_numpy_edge
+@numpy_edge
 def matrix_to_relion_euler(matrix):
     """RELION's ``Euler_matrix2angles``: ``(rot, tilt, psi)`` in degrees.
 
@@ -411,7 +387,7 @@ def matrix_to_relion_euler(matrix):
     return torch.rad2deg(torch.stack((rot, tilt, psi), dim=-1))
 
 
-@_numpy_edge
+@numpy_edge
 def quat_to_relion_euler(quat):
     """RELION Euler angles ``(rot, tilt, psi)`` in degrees of unit quaternions.
 
@@ -434,7 +410,7 @@ def quat_to_relion_euler(quat):
 # --------------------------------------------------------------------------------------
 
 
-@_numpy_edge
+@numpy_edge
 def axis_angle_to_quat(rotvec):
     """Quaternions of axis-angle vectors ``theta * axis`` (theta in radians).
 
@@ -456,7 +432,7 @@ def axis_angle_to_quat(rotvec):
     return quat_canonical(q)
 
 
-@_numpy_edge
+@numpy_edge
 def quat_to_axis_angle(quat):
     """Axis-angle vectors ``theta * axis`` of unit quaternions, ``theta`` in [0, pi].
 
@@ -481,7 +457,7 @@ def quat_to_axis_angle(quat):
     return vec * factor
 
 
-@_numpy_edge
+@numpy_edge
 def cryosparc_pose_to_quat(pose):
     """Quaternions of cryoSPARC ``alignments3D/pose`` (axis-angle of ``R^T``).
 
@@ -498,7 +474,7 @@ def cryosparc_pose_to_quat(pose):
     return quat_canonical(quat_conjugate(axis_angle_to_quat(pose)))
 
 
-@_numpy_edge
+@numpy_edge
 def quat_to_cryosparc_pose(quat):
     """CryoSPARC ``alignments3D/pose`` axis-angle vectors of unit quaternions.
 

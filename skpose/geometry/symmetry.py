@@ -40,9 +40,8 @@ import re
 import numpy as np
 import torch
 
-from skpose._validation import as_quaternions
+from skpose._validation import as_quaternions, numpy_edge
 from skpose.geometry.rotations import (
-    _numpy_edge,
     geodesic_distance,
     quat_canonical,
     quat_multiply,
@@ -230,7 +229,7 @@ def _mates(quat: torch.Tensor, symmetry: str) -> tuple[torch.Tensor, torch.Tenso
     return group, quat_multiply(quat[..., None, :], group)
 
 
-@_numpy_edge
+@numpy_edge
 def symmetry_aware_distance(quat1, quat2, symmetry):
     """Smallest rotation angle between ``quat1`` and any symmetry mate of ``quat2``.
 
@@ -261,7 +260,7 @@ def symmetry_aware_distance(quat1, quat2, symmetry):
     return geodesic_distance(q1[..., None, :], mates).amin(dim=-1)
 
 
-@_numpy_edge
+@numpy_edge
 def closest_symmetry_mate(quat_pred, quat_ref, symmetry):
     """Return the symmetry mate ``quat_pred * s`` closest to ``quat_ref``.
 
@@ -317,7 +316,7 @@ def _ranks_higher(keys_a: torch.Tensor, keys_b: torch.Tensor) -> torch.Tensor:
     return decided.any(dim=-1) & (torch.gather(diff, -1, first).squeeze(-1) > 0)
 
 
-@_numpy_edge
+@numpy_edge
 def asymmetric_unit_mask(quat, symmetry):
     """Select one rotation of each set of symmetry mates (a fundamental domain).
 
@@ -355,7 +354,7 @@ def asymmetric_unit_mask(quat, symmetry):
     return ~_ranks_higher(keys, keys[..., :1, :]).any(dim=-1)
 
 
-@_numpy_edge
+@numpy_edge
 def reduce_to_asymmetric_unit(quat, symmetry):
     """Map each rotation to its symmetry mate in the asymmetric unit.
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from skpose._validation import to_tensor
+from skpose.imaging._fourier import frequency_grid
 
 __all__ = ["CTFParams", "compute_ctf", "electron_wavelength_angstrom"]
 
@@ -144,8 +145,9 @@ def compute_ctf(params: CTFParams, box_size: int, *, dtype=torch.float32, device
         raise ValueError("Expected CTF 'pixel_size_angstrom' > 0.")
     if ((f["amplitude_contrast"] < 0) | (f["amplitude_contrast"] >= 1)).any():
         raise ValueError("Expected CTF 'amplitude_contrast' in [0, 1).")
-    freq = torch.fft.fftfreq(int(box_size), dtype=dtype, device=device)
-    ky, kx = torch.meshgrid(freq, freq, indexing="ij")
+    ky, kx = frequency_grid(
+        box_size, half=False, cycles_per="pixel", dtype=dtype, device=device
+    )
     kx = kx / f["pixel_size_angstrom"]
     ky = ky / f["pixel_size_angstrom"]
     k2 = kx * kx + ky * ky

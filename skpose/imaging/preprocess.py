@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from skpose._validation import check_finite, check_images, to_tensor
+from skpose._validation import back_like, check_finite, check_images, to_tensor
 
 __all__ = [
     "RELION_BACKGROUND_FRACTION",
@@ -29,15 +29,6 @@ __all__ = [
 #: background circle of diameter 75% of the box ("Diameter background circle" = -1),
 #: i.e. a radius of 0.375 N.
 RELION_BACKGROUND_FRACTION = 0.375
-
-
-def _as_tensor(x, name: str) -> tuple[torch.Tensor, bool]:
-    """Return ``x`` as a floating tensor and whether it came in as numpy."""
-    return to_tensor(x, name), not isinstance(x, torch.Tensor)
-
-
-def _back(t: torch.Tensor, was_numpy: bool):
-    return t.detach().cpu().numpy() if was_numpy else t
 
 
 def _check_int(value, name: str, minimum: int) -> int:
@@ -153,12 +144,12 @@ def fourier_resize(x, new_size: int, *, ndim: int = 2, centered: bool = True):
     """
     if ndim not in (2, 3):
         raise ValueError(f"Expected 'ndim' to be 2 or 3, got {ndim!r}.")
-    t, was_numpy = _as_tensor(x, "images" if ndim == 2 else "volume")
+    t = to_tensor(x, "images" if ndim == 2 else "volume")
     _check_box(t, ndim)
     m = _check_int(new_size, "new_size", 1)
     n = t.shape[-1]
     if m == n:
-        return _back(t.clone(), was_numpy)
+        return back_like(t.clone(), x)
     dims = tuple(range(-ndim, 0))
     if centered:  # put the centre N // 2 at index 0, where the DFT's origin is
         t = torch.fft.ifftshift(t, dim=dims)
@@ -168,7 +159,7 @@ def fourier_resize(x, new_size: int, *, ndim: int = 2, centered: bool = True):
     out = torch.fft.ifftn(torch.fft.ifftshift(f, dim=dims), dim=dims).real
     if centered:
         out = torch.fft.fftshift(out, dim=dims)
-    return _back((out * (m / n) ** ndim).to(t.dtype), was_numpy)
+    return back_like((out * (m / n) ** ndim).to(t.dtype), x)
 
 
 def fourier_crop(x, new_size: int, *, ndim: int = 2, centered: bool = True):
@@ -309,7 +300,6 @@ def normalize_images(images, radius: float | None = None, *, constant: str = "ra
     >>> bool(abs(bg.mean()) < 1e-9), round(float(bg.std()), 9)
     (True, 1.0)
     """
-    was_numpy = not isinstance(images, torch.Tensor)
     t = check_images(images)
     n = t.shape[-1]
     r0 = n * RELION_BACKGROUND_FRACTION if radius is None else radius
@@ -338,7 +328,7 @@ def normalize_images(images, radius: float | None = None, *, constant: str = "ra
             f"Image {int(torch.nonzero(flat)[0, 0])} of 'images' has a constant "
             f"background (outside radius {r0}); cannot normalise it."
         )
-    return _back((t - mean[:, None, None]) / std[:, None, None], was_numpy)
+    return back_like((t - mean[:, None, None]) / std[:, None, None], images)
 
 
 def phase_flip(images, ctf):
@@ -361,7 +351,6 @@ def phase_flip(images, ctf):
     """
     from skpose.imaging.ctf import CTFParams, compute_ctf
 
-    was_numpy = not isinstance(images, torch.Tensor)
     t = check_images(images)
     if not isinstance(ctf, CTFParams):
         raise TypeError(f"Expected 'ctf' to be a CTFParams, got {type(ctf).__name__}.")
@@ -373,4 +362,4 @@ def phase_flip(images, ctf):
     sign = torch.sign(compute_ctf(ctf, t.shape[-1], dtype=t.dtype, device=t.device))
     ft = torch.fft.fft2(torch.fft.ifftshift(t, dim=(-2, -1)))
     flipped = torch.fft.fftshift(torch.fft.ifft2(ft * sign).real, dim=(-2, -1))
-    return _back(flipped, was_numpy)
+    return back_like(flipped, images)

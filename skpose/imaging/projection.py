@@ -15,7 +15,11 @@ volume, device, dtype and padding (cached; see :class:`FourierProjector`), each 
 is one central slice sampled by trilinear interpolation, phase-shifted, optionally
 multiplied by the CTF, and inverse-transformed. Like RELION, the volume is divided by
 the real-space transform of the trilinear kernel (gridding correction) before its FFT
-and only frequencies within the Nyquist circle ``|k| <= N / 2`` are kept.
+and only frequencies within the Nyquist circle ``|k| <= N / 2`` are kept. The kernel's
+transform is the separable ``sinc^2`` per axis where RELION uses the radial
+``sinc^2(|r| / P)``: up to 0.3 % apart within the sphere ``|r| <= N / 2`` and 3 % at
+the box corners for ``pad = 2`` (``docs/conventions.md``).
+:meth:`FourierProjector.sample_slices` samples the same slices at any frequencies.
 
 :func:`project_real_space` rotates the volume in real space (trilinear) and sums along
 ``z``: slow, simple, and independent of the Fourier path. Tests compare the two.
@@ -32,8 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from skpose._validation import as_quaternions, check_volume, to_tensor
+from skpose._validation import as_quaternions, back_like, check_volume, to_tensor
 from skpose.geometry.rotations import quat_to_matrix
+from skpose.imaging._fourier import frequency_grid, gridding_correct, nyquist_half_plane
 from skpose.imaging.ctf import CTFParams, compute_ctf
 
 __all__ = ["FourierProjector", "phase_shift", "project", "project_real_space"]
@@ -56,14 +61,6 @@ def _check_shifts(shifts_px, n: int, like: torch.Tensor) -> torch.Tensor | None:
     return s
 
 
-def _gridding_correction(volume: torch.Tensor, padded_size: int) -> torch.Tensor:
-    """Divide by the real-space image of trilinear interpolation on a padded grid."""
-    n = volume.shape[-1]
-    r = torch.arange(n, dtype=volume.dtype, device=volume.device) - n // 2
-    s = torch.sinc(r / padded_size) ** 2
-    return volume / (s[:, None, None] * s[None, :, None] * s[None, None, :])
-
-
 class FourierProjector:
     """The Fourier transform of one zero-padded volume, ready to cut central slices.
 
@@ -76,7 +73,8 @@ class FourierProjector:
         Zero-padding factor before the FFT (RELION's ``padding_factor``); 2 keeps the
         trilinear interpolation error small.
     gridding_correction : bool, default True
-        Pre-divide by the trilinear kernel's real-space transform, as RELION does.
+        Pre-divide by the trilinear kernel's real-space transform, as RELION does, but
+        separable: ``sinc^2`` per axis where RELION's is radial (module docstring).
 
     Examples
     --------
@@ -97,7 +95,7 @@ class FourierProjector:
         self.dtype = vol.dtype
         self.device = vol.device
         if gridding_correction:
-            vol = _gridding_correction(vol, self.padded_size)
+            vol = gridding_correct(vol, self.padded_size)
         n, p = self.box_size, self.padded_size
         start = p // 2 - n // 2
         padded = F.pad(vol, (start, p - n - start) * 3)
@@ -131,44 +129,80 @@ class FourierProjector:
         img = torch.fft.irfft2(ft_slice, s=(self.box_size, self.box_size))
         return torch.fft.fftshift(img, dim=(-2, -1))
 
-    def _inside_frequencies(self):
-        """Half-plane frequencies within the Nyquist circle: flat indices and ``k``."""
-        n = self.box_size
-        ky = torch.fft.fftfreq(n, d=1.0 / n, dtype=self.dtype, device=self.device)
-        kx = torch.fft.rfftfreq(n, d=1.0 / n, dtype=self.dtype, device=self.device)
-        gy, gx = torch.meshgrid(ky, kx, indexing="ij")
-        inside = ((gx**2 + gy**2) <= (n / 2) ** 2).reshape(-1)
-        k2d = torch.stack((gx, gy), dim=-1).reshape(-1, 2)[inside]  # (K, 2)
-        return torch.nonzero(inside).squeeze(1), k2d * self.pad
-
     def central_slice(self, quat: torch.Tensor) -> torch.Tensor:
         """Half-plane central slices ``F_V(R^T k)``, shape ``(n, N, N // 2 + 1)``.
 
         Frequencies are in ``torch.fft.rfft2`` layout with the real-space origin at
         index 0; values outside the Nyquist circle are zero (and are never sampled).
         """
-        n, p = self.box_size, self.padded_size
-        if self._inside is None:
-            self._inside = self._inside_frequencies()
-        index, k2d = self._inside  # (K,), (K, 2) in padded-grid pixels
-        rot = quat_to_matrix(quat)  # (b, 3, 3)
-        # R^T (kx, ky, 0): contract with the first two rows of R.
-        k3d = torch.einsum("ki,bij->bkj", k2d, rot[:, :2, :])  # (b, K, 3)
-        # grid_sample wants (x, y, z) in [-1, 1] over the grid's indices.
-        grid = (k3d + p // 2) * (2.0 / (self._grid_size - 1)) - 1.0
-        sampled = F.grid_sample(
-            self._ft,
-            grid[None, :, :, None, :],
-            mode="bilinear",
-            padding_mode="zeros",
-            align_corners=True,
-        )[0, :, :, :, 0]  # (2, b, K)
-        # The padded volume's origin sat at index 0 for its FFT, so the slice describes
-        # an image whose origin is at index 0 too.
-        values = torch.complex(sampled[0], sampled[1])
+        n = self.box_size
+        if self._inside is None:  # frequencies sampled, cached
+            self._inside = nyquist_half_plane(n, dtype=self.dtype, device=self.device)
+        index, k2d = self._inside  # (K,), (K, 2) in cycles per box
+        values = self.sample_slices(quat[:, None, :], k2d)  # (b, K)
         out = values.new_zeros(quat.shape[0], n * (n // 2 + 1))
         out = out.index_copy(1, index, values)
         return out.reshape(quat.shape[0], n, n // 2 + 1)
+
+    def sample_slices(self, quaternions, freqs, *, split: bool = False):
+        """Central-slice values ``F_V(R^T (kx, ky, 0)^T)`` at any 2-D frequencies.
+
+        The padded transform is sampled by trilinear interpolation, exactly as
+        :func:`project` samples it: at integer frequencies within the Nyquist circle
+        these are the transforms of :func:`project`'s images.
+
+        Parameters
+        ----------
+        quaternions : torch.Tensor of shape (..., 4)
+            Rotations ``(w, x, y, z)``, normalised here (our ``R`` = RELION's ``A``).
+        freqs : torch.Tensor of shape (..., 2)
+            Frequencies ``(kx, ky)`` in cycles per box (``N`` times cycles per pixel),
+            meaningful within the Nyquist circle ``|k| <= N / 2``; beyond it the
+            samples fade to zero at the padded grid's edge. The batch shapes of
+            ``quaternions`` and ``freqs`` broadcast: ``quaternions[:, None]`` with
+            ``freqs`` of shape ``(K, 2)`` samples every rotation at every frequency.
+        split : bool, default False
+            Return the real and imaginary parts stacked first, as one real tensor
+            (the interpolation's own layout, no complex copy).
+
+        Returns
+        -------
+        torch.Tensor of shape (...), complex, or (2, ...) real with ``split``
+            ``...`` is the broadcast batch shape. The transform of the projection at
+            ``R`` with its origin at the box centre ``N // 2``:
+            ``rfft2(ifftshift(image))`` at ``[ky, kx]`` for ``kx >= 0`` (``fft2`` for
+            any ``kx``), in the projector's dtype and on its device.
+
+        Examples
+        --------
+        >>> vol = torch.rand(16, 16, 16, dtype=torch.float64)
+        >>> q = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.6, 0.0, 0.8, 0.0]])
+        >>> proj = FourierProjector(vol)
+        >>> k = torch.tensor([[3.0, -2.0], [0.5, 1.5], [0.0, 0.0]])
+        >>> proj.sample_slices(q[:, None], k).shape  # every rotation, every frequency
+        torch.Size([2, 3])
+        >>> img = project(vol, q)
+        >>> ft = torch.fft.rfft2(torch.fft.ifftshift(img, dim=(-2, -1)))
+        >>> bool(torch.allclose(proj.sample_slices(q, k[0]), ft[:, -2, 3]))
+        True
+        """
+        kw = {"dtype": self.dtype, "device": self.device}
+        rows = quat_to_matrix(to_tensor(quaternions, "quaternions").to(**kw))
+        k = to_tensor(freqs, "freqs").to(**kw) * self.pad  # in padded-grid pixels
+        # R^T (kx, ky, 0): contract with the first two rows of R.
+        k3d = torch.einsum("...i,...ij->...j", k, rows[..., :2, :])
+        # grid_sample wants (x, y, z) in [-1, 1] over the grid's indices.
+        grid = (k3d + self.padded_size // 2) * (2.0 / (self._grid_size - 1)) - 1.0
+        sampled = F.grid_sample(
+            self._ft,
+            grid.reshape(1, 1, 1, -1, 3),
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=True,
+        ).reshape(2, *grid.shape[:-1])
+        # The padded volume's origin sat at index 0 for its FFT, so the slice describes
+        # an image whose origin is at index 0 too.
+        return sampled if split else torch.complex(sampled[0], sampled[1])
 
 
 def phase_shift(shifts_px, box_size: int, *, half: bool = False) -> torch.Tensor:
@@ -189,17 +223,16 @@ def phase_shift(shifts_px, box_size: int, *, half: bool = False) -> torch.Tensor
         ``exp(+2 pi i (kx ox + ky oy) / N)``.
     """
     s = to_tensor(shifts_px, "shifts_px")
-    ky = torch.fft.fftfreq(box_size, dtype=s.dtype, device=s.device)
-    kx = (torch.fft.rfftfreq if half else torch.fft.fftfreq)(
-        box_size, dtype=s.dtype, device=s.device
+    ky, kx = frequency_grid(
+        box_size,
+        half=half,
+        cycles_per="pixel",
+        sparse=True,
+        dtype=s.dtype,
+        device=s.device,
     )
     arg = (
-        2
-        * math.pi
-        * (
-            kx[None, None, :] * s[:, 0, None, None]
-            + ky[None, :, None] * s[:, 1, None, None]
-        )
+        2 * math.pi * (kx[None] * s[:, 0, None, None] + ky[None] * s[:, 1, None, None])
     )
     return torch.polar(torch.ones_like(arg), arg)
 
@@ -279,10 +312,9 @@ def project(volume, quaternions, shifts_px=None, ctf=None, *, pad: int = 2):
     >>> img.shape
     torch.Size([1, 16, 16])
     """
-    numpy_in = not isinstance(volume, torch.Tensor)
     vol = check_volume(volume)
     out = _get_projector(volume, vol, pad)(quaternions, shifts_px, ctf)
-    return out.detach().cpu().numpy() if numpy_in else out
+    return back_like(out, volume)
 
 
 def project_real_space(volume, quaternions, shifts_px=None):
@@ -304,7 +336,6 @@ def project_real_space(volume, quaternions, shifts_px=None):
     -------
     torch.Tensor of shape (n, N, N)
     """
-    numpy_in = not isinstance(volume, torch.Tensor)
     vol = check_volume(volume)
     quat = as_quaternions(quaternions, "quaternions").to(vol.dtype).to(vol.device)
     if quat.ndim != 2:
@@ -327,5 +358,4 @@ def project_real_space(volume, quaternions, shifts_px=None):
             vol[None, None], grid[None], mode="bilinear", align_corners=True
         )[0, 0]
         images.append(rotated.sum(dim=0))
-    out = torch.stack(images)
-    return out.detach().cpu().numpy() if numpy_in else out
+    return back_like(torch.stack(images), volume)

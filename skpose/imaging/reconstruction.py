@@ -30,9 +30,12 @@ Algorithm (:class:`BackProjector`), RELION's backprojection with trilinear inser
    (RELION's ``1 / tau^2`` with its ``padding^3`` correction). For scale: ``n`` images
    at uniform poses give a voxel at radius ``r`` pixels about ``n / (2 r)`` samples.
 6. Inverse FFT, crop the central ``N^3``, and gridding correction: divide by
-   ``sinc^2(r / P)`` on each axis, the real-space transform of the trilinear kernel on
-   the padded grid (the inserted samples are convolved with that kernel; the same
-   correction :mod:`skpose.imaging.projection` applies before projecting).
+   ``sinc^2(x / P) sinc^2(y / P) sinc^2(z / P)``, the real-space transform of the
+   (separable) trilinear kernel on the padded grid (the inserted samples are convolved
+   with that kernel; the same correction :mod:`skpose.imaging.projection` applies
+   before projecting). RELION divides by the radial ``sinc^2(|r| / P)`` instead: for
+   ``pad = 2`` our divisor is up to 0.3 % larger within the sphere ``|r| <= N / 2``
+   and 3 % larger at the box corners (``docs/conventions.md``).
 
 The FSC (:func:`fsc`) is computed over shells ``round(|k|) = 0 .. N // 2``;
 :func:`resolution_at` reads where it drops below a threshold (0.143 for half maps).
@@ -47,9 +50,17 @@ import numbers
 import numpy as np
 import torch
 
-from skpose._validation import as_quaternions, check_finite, check_volume, to_tensor
+from skpose._validation import (
+    as_quaternions,
+    back_like,
+    check_finite,
+    check_volume,
+    to_numpy,
+    to_tensor,
+)
 from skpose.geometry.rotations import quat_multiply, quat_to_matrix
 from skpose.geometry.symmetry import symmetry_group
+from skpose.imaging._fourier import frequency_grid, gridding_correct, nyquist_half_plane
 from skpose.imaging.ctf import CTFParams, compute_ctf
 from skpose.imaging.projection import phase_shift
 
@@ -144,16 +155,12 @@ class BackProjector:
 
     def _setup_frequencies(self) -> None:
         """Half-plane frequencies inside the Nyquist circle, and their multiplicity."""
-        n, kw = self.box_size, {"dtype": self.dtype, "device": self.device}
-        ky = torch.fft.fftfreq(n, d=1.0 / n, **kw)
-        kx = torch.fft.rfftfreq(n, d=1.0 / n, **kw)
-        gy, gx = torch.meshgrid(ky, kx, indexing="ij")
-        inside = ((gx**2 + gy**2) <= (n / 2) ** 2).reshape(-1)
-        self._index = torch.nonzero(inside).squeeze(1)
-        self._k2d = torch.stack((gx, gy), dim=-1).reshape(-1, 2)[inside] * self.pad
+        n = self.box_size
+        self._index, k2d = nyquist_half_plane(n, dtype=self.dtype, device=self.device)
+        self._k2d = k2d * self.pad
         # Columns kx = 0 (and kx = N/2) hold both members of their Friedel pairs, which
         # the Hermitian grid adds again: half weight keeps every frequency counted once.
-        kx_in = gx.reshape(-1)[inside]
+        kx_in = k2d[:, 0]
         edge = (kx_in == 0) | ((n % 2 == 0) & (kx_in == n // 2))
         self._multiplicity = torch.where(edge, 0.5, 1.0).to(self.dtype)
 
@@ -264,7 +271,8 @@ class BackProjector:
             (voxels without weight stay 0); larger values damp poorly sampled
             frequencies and CTF zeros.
         gridding_correction : bool, default True
-            Divide by ``sinc^2(r / P)``, the transform of the trilinear kernel.
+            Divide by the transform of the trilinear kernel, ``sinc^2(x / P)`` per
+            axis (module docstring, step 6).
 
         Returns
         -------
@@ -285,9 +293,7 @@ class BackProjector:
         start = p // 2 - n // 2
         vol = vol[start : start + n, start : start + n, start : start + n]
         if gridding_correction:
-            r = torch.arange(n, dtype=vol.dtype, device=vol.device) - n // 2
-            s = torch.sinc(r / p) ** 2
-            vol = vol / (s[:, None, None] * s[None, :, None] * s[None, None, :])
+            vol = gridding_correct(vol, p)
         return vol.contiguous()
 
 
@@ -417,7 +423,7 @@ def _reconstruct_rows(images, quaternions, shifts_px, ctf, rows, options: dict):
     vol = bp.reconstruct(
         wiener_constant=wiener, gridding_correction=options["gridding_correction"]
     )
-    return vol if isinstance(images, torch.Tensor) else vol.cpu().numpy()
+    return back_like(vol, images)
 
 
 def reconstruct(
@@ -510,7 +516,7 @@ def random_halves(n: int, random_state=None) -> np.ndarray:
 
 
 def _check_subset(subset, n: int) -> np.ndarray:
-    s = np.asarray(subset.cpu() if isinstance(subset, torch.Tensor) else subset)
+    s = to_numpy(subset)
     if s.shape != (n,) or not np.isin(s, (1, 2)).all():
         raise ValueError(
             f"Expected 'subset' to have shape ({n},) with values 1 or 2 "
@@ -643,9 +649,8 @@ def fsc(map1, map2, *, pixel_size_angstrom: float = 1.0, mask=None):
     n = v1.shape[-1]
     f1, f2 = torch.fft.rfftn(v1), torch.fft.rfftn(v2)
     kw = {"dtype": v1.dtype, "device": v1.device}
-    k = torch.fft.fftfreq(n, d=1.0 / n, **kw)
-    kx = torch.fft.rfftfreq(n, d=1.0 / n, **kw)
-    radius = torch.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx**2)
+    kz, ky, kx = frequency_grid(n, 3, sparse=True, **kw)
+    radius = torch.sqrt(kz**2 + ky**2 + kx**2)
     shell = torch.round(radius).to(torch.long).reshape(-1)
     # Friedel pairs: columns 0 < kx < N/2 stand for two frequencies each.
     mult = torch.full((n // 2 + 1,), 2.0, **kw)
@@ -662,9 +667,7 @@ def fsc(map1, map2, *, pixel_size_angstrom: float = 1.0, mask=None):
     denom = torch.sqrt(sums[:, 1] * sums[:, 2])
     curve = torch.where(denom > 0, sums[:, 0] / torch.where(denom > 0, denom, 1), 0)
     freq = torch.arange(n // 2 + 1, **kw) / (n * pixel_size_angstrom)
-    if not isinstance(map1, torch.Tensor):
-        return freq.cpu().numpy(), curve.cpu().numpy()
-    return freq, curve
+    return back_like((freq, curve), map1)
 
 
 def _check_threshold(threshold) -> None:

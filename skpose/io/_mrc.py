@@ -10,7 +10,8 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 
-from skpose.io._star import Particles, _to_numpy, require_columns
+from skpose._validation import to_numpy
+from skpose.io._star import Particles, require_columns
 
 __all__ = [
     "ParticleImageLoader",
@@ -111,7 +112,7 @@ def write_volume(path, volume, voxel_size_angstrom: float = 1.0) -> None:
     voxel_size_angstrom : float, default 1.0
         Written to the header.
     """
-    vol = np.asarray(_to_numpy(volume), dtype=np.float32)
+    vol = np.asarray(to_numpy(volume), dtype=np.float32)
     if vol.ndim != 3 or not (vol.shape[0] == vol.shape[1] == vol.shape[2]):
         raise ValueError(
             f"Expected 'volume' to be a cubic volume of shape (N, N, N), got "
@@ -175,7 +176,7 @@ def write_images(path, images, pixel_size_angstrom: float = 1.0) -> None:
     pixel_size_angstrom : float, default 1.0
         Written to the header.
     """
-    arr = np.asarray(_to_numpy(images), dtype=np.float32)
+    arr = np.asarray(to_numpy(images), dtype=np.float32)
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3 or arr.shape[1] != arr.shape[2]:
@@ -327,7 +328,7 @@ def _resolve_rows(rows, n: int) -> np.ndarray:
     if rows is None:
         return all_rows
     try:
-        selected = all_rows[_to_numpy(rows) if not isinstance(rows, slice) else rows]
+        selected = all_rows[to_numpy(rows) if not isinstance(rows, slice) else rows]
     except IndexError as exc:
         raise ValueError(f"'rows' does not index {n} particles: {exc}") from exc
     return np.atleast_1d(selected)

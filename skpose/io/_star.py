@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from skpose.geometry.rotations import relion_euler_to_quat
 from skpose.imaging.ctf import CTFParams
@@ -33,7 +32,7 @@ __all__ = ["Particles", "require_columns"]
 VERSIONS = ("3.0", "3.1", "5.0")
 ANGLE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 _CTF_COLUMNS = ("rlnDefocusU", "rlnVoltage", "rlnSphericalAberration")
-_PIXEL_SIZE_HELP = (
+PIXEL_SIZE_HELP = (
     "rlnImagePixelSize, or rlnDetectorPixelSize and rlnMagnification, or rlnPixelSize"
 )
 
@@ -45,12 +44,6 @@ def _group_keys(values) -> np.ndarray:
         if np.all(arr == np.round(arr)):
             arr = arr.astype(np.int64)
     return arr.astype(str)
-
-
-def _to_numpy(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 @dataclass
@@ -264,7 +257,7 @@ class Particles:
             if unknown.any():
                 raise ValueError(
                     f"{self.source} gives origins in Angstrom but no pixel size "
-                    f"({_PIXEL_SIZE_HELP}) for row {int(np.flatnonzero(unknown)[0])}."
+                    f"({PIXEL_SIZE_HELP}) for row {int(np.flatnonzero(unknown)[0])}."
                 )
             with np.errstate(invalid="ignore"):
                 return np.where(angst == 0, 0.0, angst / pixel)
@@ -309,7 +302,7 @@ class Particles:
         pixel = self.pixel_size_angstrom
         if np.isnan(pixel).any():
             raise ValueError(
-                f"{self.source} gives no pixel size ({_PIXEL_SIZE_HELP}) for the CTF."
+                f"{self.source} gives no pixel size ({PIXEL_SIZE_HELP}) for the CTF."
             )
         defocus_u = self._float_column("rlnDefocusU")
 

@@ -9,13 +9,9 @@ import numpy as np
 import pandas as pd
 import starfile
 
+from skpose._validation import to_numpy
 from skpose.geometry.rotations import quat_to_relion_euler
-from skpose.io._star import (
-    _PIXEL_SIZE_HELP,
-    ANGLE_COLUMNS,
-    Particles,
-    _to_numpy,
-)
+from skpose.io._star import ANGLE_COLUMNS, PIXEL_SIZE_HELP, Particles
 
 __all__ = ["read_particles", "write_particles"]
 
@@ -116,7 +112,7 @@ def read_particles(path) -> Particles:
 
 
 def _float_array(x, name: str, shape: tuple[int, int]) -> np.ndarray:
-    arr = np.asarray(_to_numpy(x), dtype=np.float64)
+    arr = np.asarray(to_numpy(x), dtype=np.float64)
     if arr.shape != shape:
         raise ValueError(f"Expected '{name}' to have shape {shape}, got {arr.shape}.")
     if not np.isfinite(arr).all():
@@ -134,7 +130,7 @@ def _set_origins(data: pd.DataFrame, particles: Particles, shifts_px: np.ndarray
         if np.isnan(pixel).any():
             raise ValueError(
                 f"Cannot write origins in Angstrom: {particles.source} gives no pixel "
-                f"size ({_PIXEL_SIZE_HELP})."
+                f"size ({PIXEL_SIZE_HELP})."
             )
         data["rlnOriginXAngst"] = shifts_px[:, 0] * pixel
         data["rlnOriginYAngst"] = shifts_px[:, 1] * pixel
@@ -213,7 +209,7 @@ def write_particles(
     for name, values in (extra_columns or {}).items():
         if not isinstance(name, str) or not name:
             raise TypeError(f"Expected 'extra_columns' keys to be names, got {name!r}.")
-        arr = _to_numpy(values)
+        arr = to_numpy(values)
         if arr.shape != (n,):
             raise ValueError(
                 f"Expected extra column '{name}' to have shape ({n},), got {arr.shape}."

@@ -37,8 +37,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from skpose.geometry.rotations import quat_multiply, quat_to_matrix
+from skpose.geometry.rotations import quat_multiply
 from skpose.geometry.symmetry import symmetry_matrices
+from skpose.imaging._fourier import gridding_correct
 from skpose.imaging.ctf import compute_ctf
 from skpose.imaging.projection import FourierProjector
 from skpose.search.grid import direction_vectors, in_plane_quats, n_psi_for
@@ -95,16 +96,7 @@ def slice_planes(projector: FourierProjector, quat: torch.Tensor, k2d: torch.Ten
         ``F_V(R^T (kx, ky, 0))``: the transform of the projection with its origin at the
         box centre ``N // 2`` (``rfft2`` of the ``ifftshift``-ed image), interpolated.
     """
-    # This reads the projector's padded transform: FourierProjector.central_slice
-    # only samples its own Cartesian half-plane.
-    ft, p, size = projector._ft, projector.padded_size, projector._grid_size
-    # grid_sample's coordinates: (pad R^T k + P // 2) * 2 / (size - 1) - 1.
-    scale = projector.pad * 2.0 / (size - 1)
-    rows = quat_to_matrix(quat.to(ft.dtype))[..., :2, :] * scale  # (n, c, 2, 3)
-    grid = torch.einsum("ki,ncij->nkcj", k2d.to(ft.dtype), rows)
-    grid = grid.add_((p // 2) * 2.0 / (size - 1) - 1.0)  # (n, K, c, 3)
-    sampled = F.grid_sample(ft, grid[None], mode="bilinear", align_corners=True)
-    return sampled[0]  # (2, n, K, c)
+    return projector.sample_slices(quat[:, None], k2d[:, None], split=True)
 
 
 def slice_at(projector: FourierProjector, quat: torch.Tensor, k2d: torch.Tensor):
@@ -112,9 +104,7 @@ def slice_at(projector: FourierProjector, quat: torch.Tensor, k2d: torch.Tensor)
 
     See :func:`slice_planes`; any batch shape, no particular ordering.
     """
-    batch = quat.shape[:-1]
-    planes = slice_planes(projector, quat.reshape(-1, 1, 4), k2d)[..., 0]  # (2, b, K)
-    return torch.complex(planes[0], planes[1]).reshape(*batch, k2d.shape[0])
+    return projector.sample_slices(quat[..., None, :], k2d)
 
 
 def padded_planes(images: torch.Tensor, ctf=None, pad: int = 2) -> torch.Tensor:
@@ -136,10 +126,8 @@ def padded_planes(images: torch.Tensor, ctf=None, pad: int = 2) -> torch.Tensor:
         (:func:`sample_planes`) approximate the transforms at any frequency.
     """
     n = images.shape[-1]
-    r = torch.arange(n, dtype=images.dtype, device=images.device) - n // 2
-    s = torch.sinc(r / (pad * n)) ** 2  # bilinear interpolation's real-space image
     padded = images.new_zeros(images.shape[0], pad * n, pad * n)
-    padded[:, :n, :n] = images / (s[:, None] * s[None, :])
+    padded[:, :n, :n] = gridding_correct(images, pad * n, ndim=2)
     # Move the centre N // 2 to index 0 (the DFT's origin).
     padded = torch.roll(padded, shifts=(-(n // 2), -(n // 2)), dims=(-2, -1))
     ft = torch.fft.fft2(padded)

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from skpose.geometry.rotations import axis_angle_to_quat, quat_multiply
 from skpose.geometry.symmetry import symmetry_aware_distance
+from skpose.imaging._fourier import frequency_grid
 from skpose.imaging.ctf import compute_ctf
 from skpose.search._global import (
     padded_planes,
@@ -67,9 +68,7 @@ class FourierScorer:
         dtype, device = images.dtype, images.device
         self.projector = projector
         self.box_size = n_box
-        ky = torch.fft.fftfreq(n_box, d=1.0 / n_box, dtype=dtype, device=device)
-        kx = torch.fft.rfftfreq(n_box, d=1.0 / n_box, dtype=dtype, device=device)
-        gy, gx = torch.meshgrid(ky, kx, indexing="ij")
+        gy, gx = frequency_grid(n_box, dtype=dtype, device=device)
         radius = torch.sqrt(gx**2 + gy**2).reshape(-1)
         keep = (radius > 0) & (radius <= n_box / 2)
         order = torch.argsort(radius[keep], stable=True)

@@ -17,10 +17,12 @@ import torch
 
 from skpose._validation import (
     as_quaternions,
+    back_like,
     check_ctf,
     check_finite,
     is_int,
     is_real,
+    to_numpy,
     to_tensor,
 )
 from skpose.geometry.rotations import quat_canonical
@@ -57,15 +59,16 @@ class Poses(NamedTuple):
     margin: np.ndarray
 
 
-def _as_output(poses: list, scale: float, numpy_out: bool, like=None) -> Poses:
-    """Concatenate per-batch ``(q, t, score, margin)`` tensors into :class:`Poses`."""
+def _as_output(poses: list, scale: float, numpy_out: bool = False) -> Poses:
+    """Concatenate per-batch ``(q, t, score, margin)`` tensors into :class:`Poses`.
+
+    float64 and detached; numpy arrays with ``numpy_out``, else tensors.
+    """
     q, t, score, margin = (torch.cat(parts) for parts in zip(*poses, strict=True))
     q = quat_canonical(q.to(torch.float64))
     t = t.to(torch.float64) * scale
     out = (q, t, score.to(torch.float64), margin.to(torch.float64))
-    if numpy_out:
-        return Poses(*(x.detach().cpu().numpy() for x in out))
-    return Poses(*(x.detach().to(like.device) for x in out))
+    return Poses(*(to_numpy(x) if numpy_out else x.detach() for x in out))
 
 
 def _check_start(quaternions, shifts, n: int, like: torch.Tensor, shifts_name: str):
@@ -192,7 +195,7 @@ def refine(
         batch_size=int(batch_size),
         symmetry=symmetry,
     )
-    return _as_output(parts, 1.0, not isinstance(images, torch.Tensor), x)
+    return back_like(_as_output(parts, 1.0), images)
 
 
 def pose_score(volume, images, quaternions, shifts_px=None, *, ctf=None):
@@ -244,7 +247,7 @@ def pose_score(volume, images, quaternions, shifts_px=None, *, ctf=None):
             radius = x.shape[-1] / 2
             out.append(scorer.score(q[sl, None], t[sl], zero.to(x.device), radius))
     score = torch.cat(out)[:, 0, 0].to(torch.float64)
-    return score if isinstance(images, torch.Tensor) else score.cpu().numpy()
+    return back_like(score, images)
 
 
 def _images_and_volume(images, volume) -> tuple[torch.Tensor, torch.Tensor]:
