@@ -73,10 +73,15 @@ def _add_fit_arguments(group) -> None:
         "--checkpoint-dir",
         type=Path,
         default=None,
+        metavar="DIR",
         help="save a checkpoint every --checkpoint-every iterations into this folder",
     )
     group.add_argument(
-        "--checkpoint-every", type=int, default=100, help="iterations (default 100)"
+        "--checkpoint-every",
+        type=int,
+        default=100,
+        metavar="K",
+        help="iterations between checkpoints (default 100)",
     )
     group.add_argument(
         "--resume",
