@@ -11,7 +11,9 @@ matplotlib is an optional dependency: ``pip install skpose[plot]``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -27,6 +29,7 @@ from skpose._validation import as_quaternions, check_images, check_volume, to_nu
 from skpose.geometry.rotations import quat_to_matrix
 from skpose.geometry.symmetry import group_order
 from skpose.imaging.projection import project
+from skpose.io._atomic import atomic_path
 from skpose.metrics import angular_error, error_summary
 
 __all__ = [
@@ -41,7 +44,11 @@ _DPI = 150
 
 
 def _finish(fig: Figure, path) -> Figure:
-    if path is not None:
+    """Write ``fig`` to ``path`` (atomically; a file object as given) and return it."""
+    if isinstance(path, (str, os.PathLike)):
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=_DPI, format=Path(path).suffix[1:] or "png")
+    elif path is not None:
         fig.savefig(path, dpi=_DPI)
     return fig
 

@@ -214,16 +214,18 @@ class SimulatedParticles:
         import starfile
 
         from skpose.io import write_images
+        from skpose.io._atomic import atomic_path
 
         star_path = Path(star_path)
         star_path.parent.mkdir(parents=True, exist_ok=True)
         stack = stack_name or star_path.stem + ".mrcs"
         write_images(star_path.parent / stack, self.images, self.pixel_size_angstrom)
-        starfile.write(
-            {"optics": self._optics_table(), "particles": self._particle_table(stack)},
-            star_path,
-            overwrite=True,
-        )
+        blocks = {
+            "optics": self._optics_table(),
+            "particles": self._particle_table(stack),
+        }
+        with atomic_path(star_path) as tmp:
+            starfile.write(blocks, tmp, overwrite=True)
         return star_path
 
     def _optics_table(self) -> pd.DataFrame:

@@ -2,7 +2,10 @@
 
 Each subcommand is a thin call into the library; ``main(argv)`` returns the exit code.
 Errors in the user's files or options print one line, ``skpose: error: ...``, and exit
-with status 2, without a traceback.
+with status 2, without a traceback; so does an output that cannot be written or would
+replace one of the command's inputs (checked before any work; ``--force`` allows the
+latter). SIGINT and SIGTERM end a command with one line and status 130 or 143; every
+file is written atomically, so none is left half-written (see ``_safety``).
 
 The paper's workflow in five commands::
 
@@ -20,7 +23,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from skpose.cli import _commands
+from skpose.cli import _commands, _safety
 
 __all__ = ["main"]
 
@@ -163,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_reconstruct,
     ):
         add(sub)
+    _safety.add_arguments(sub)  # --force everywhere; checkpoints and interrupts: fit
     return parser
 
 
@@ -171,12 +175,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     command = getattr(_commands, args.command)
     try:
-        command(args)
+        return _safety.run(command, args)  # outputs checked first; 130/143 on signals
     except (ValueError, TypeError, OSError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
         print(f"skpose: error: {message}", file=sys.stderr)
         return 2
-    return 0
 
 
 def _entry() -> None:

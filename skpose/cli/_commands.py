@@ -11,6 +11,7 @@ with the CTF-modulated projection at its predicted pose (normalised cross-correl
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -23,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 import skpose
+from skpose.cli import _safety
 from skpose.imaging.preprocess import fourier_resize, phase_flip
 from skpose.io import (
     iter_particle_images,
@@ -32,6 +34,7 @@ from skpose.io import (
     write_particles,
     write_volume,
 )
+from skpose.io._atomic import atomic_path, write_text
 
 _MODEL_FORMAT = "skpose-model-1"
 
@@ -155,21 +158,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fit(args) -> None:
-    """``skpose fit``: train (optionally grid-search w and lr) and save the model."""
-    particles, quats, pixel = _posed_particles(args.particles, "to train on")
-    images = _network_images(particles)
-    est = _estimator(args, args.volume)
-    if args.grid_w or args.grid_lr:
-        from sklearn.model_selection import GridSearchCV
-
-        grid = {"w": args.grid_w or [est.w], "lr": args.grid_lr or [est.lr]}
-        search = GridSearchCV(est, grid, cv=args.cv)
-        search.fit(images, quats, shifts=particles.origins_px)
-        print(f"best {search.best_params_} (score {search.best_score_:.4g})")
-        est = search.best_estimator_
-    else:
-        est.fit(images, quats, particles.origins_px)
+def _save_model(args, est, images, particles, pixel, interrupted=None) -> None:
+    """Write the model file atomically; ``interrupted`` marks a partial model."""
     model = {
         "format": _MODEL_FORMAT,
         "estimator": est,
@@ -179,8 +169,30 @@ def fit(args) -> None:
         "ctf": "phase-flipped" if _has_ctf(particles) else "none",
         "skpose_version": skpose.__version__,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    joblib.dump(model, args.out)
+    if interrupted:
+        model["interrupted"] = interrupted
+    with atomic_path(args.out) as tmp:
+        joblib.dump(model, tmp)
+
+
+def fit(args) -> None:
+    """``skpose fit``: train (optionally grid-search w and lr) and save the model."""
+    particles, quats, pixel = _posed_particles(args.particles, "to train on")
+    images = _network_images(particles)
+    est = _estimator(args, args.volume).set_params(**_safety.checkpoint_params(args))
+    if args.grid_w or args.grid_lr:
+        from sklearn.model_selection import GridSearchCV
+
+        grid = {"w": args.grid_w or [est.w], "lr": args.grid_lr or [est.lr]}
+        search = GridSearchCV(est, grid, cv=args.cv)
+        search.fit(images, quats, shifts=particles.origins_px)
+        print(f"best {search.best_params_} (score {search.best_score_:.4g})")
+        est = search.best_estimator_
+    else:
+        save = functools.partial(_save_model, args, est, images, particles, pixel)
+        with _safety.saving_on_interrupt(args, est, save):
+            est.fit(images, quats, particles.origins_px)
+    _save_model(args, est, images, particles, pixel)
     print(f"trained {est.n_iter_} iterations; model saved to {args.out}")
 
 
@@ -198,6 +210,7 @@ def _load_model(path: Path) -> dict:
         raise ValueError(f"{path} is not a skpose model file ({exc}).") from exc
     if not isinstance(model, dict) or model.get("format") != _MODEL_FORMAT:
         raise ValueError(f"{path} is not a skpose model file (from 'skpose fit').")
+    _safety.warn_if_partial(model, path)
     return model
 
 
@@ -256,6 +269,7 @@ def predict(args) -> None:
     it, the confidence is that correlation at the network pose, at the network's size.
     """
     model = _load_model(args.model)
+    _safety.check_not_inputs(args, {"map": args.volume or model["estimator"].volume})
     est = _refining(model, args.volume) if args.refine else model["estimator"]
     est.set_params(verbose=0)  # one progress bar below, not one per batch
     particles = read_particles(args.particles)
@@ -360,8 +374,9 @@ def evaluate(args) -> None:
         summary["reprojection_rmse"] = skpose.reprojection_rmse(
             volume, q_true, q_pred, shifts
         )
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    np.savetxt(out / "angular_errors_deg.txt", errors, fmt="%.4f")
+    write_text(out / "summary.json", json.dumps(summary, indent=2))
+    with atomic_path(out / "angular_errors_deg.txt") as tmp:
+        np.savetxt(tmp, errors, fmt="%.4f")
     _evaluation_plots(out, errors, q_true, q_pred, reference, r_rows, volume, args)
     print(json.dumps(summary, indent=2))
 
@@ -469,7 +484,7 @@ def reconstruct(args) -> None:
         report["reference"] = _fsc_entry(reconstruction, freq, curve)
     if report:
         path = Path(args.out).with_suffix(".fsc.json")
-        path.write_text(json.dumps(report, indent=2))
+        write_text(path, json.dumps(report, indent=2))
         _fsc_plot(report, path.with_suffix(".png"))
         for name, entry in report.items():
             res = entry["resolution_angstrom"]

@@ -36,6 +36,7 @@ from skpose._validation import (
     is_real,
     to_tensor,
 )
+from skpose.estimators._training import TrainingRun
 from skpose.geometry.rotations import quat_canonical
 from skpose.geometry.symmetry import group_order
 from skpose.imaging.preprocess import fourier_resize, normalize_images, phase_flip
@@ -99,24 +100,46 @@ class _IterationSampler(torch.utils.data.Sampler):
     """Shuffled indices for exactly ``total_batches`` batches, split into epochs.
 
     An epoch is one pass over the data (the last one shorter), so that ``max_iter``
-    counts iterations as the paper does while skorch reports per epoch.
+    counts iterations as the paper does while skorch reports per epoch. ``skip``
+    batches of the next epoch are left out (they were trained before a checkpoint).
     """
 
     def __init__(self, n: int, batch_size: int, total_batches: int, seed: int):
         self.n, self.batch_size, self.remaining = n, batch_size, total_batches
         self.per_epoch = max(1, math.ceil(n / batch_size))
         self.generator = torch.Generator().manual_seed(seed)
+        self.skip = 0
 
     def __len__(self) -> int:
-        return min(self.per_epoch, self.remaining) * self.batch_size
+        return (min(self.per_epoch, self.remaining) - self.skip) * self.batch_size
 
     def __iter__(self):
+        self.epoch_start = (self.generator.get_state(), self.remaining)
         batches = min(self.per_epoch, self.remaining)
         self.remaining -= batches
         need = batches * self.batch_size
         reps = math.ceil(need / self.n)
         order = torch.cat([torch.randperm(self.n, generator=self.generator)] * reps)
-        return iter(order[:need].tolist())
+        start, self.skip = self.skip * self.batch_size, 0
+        return iter(order[start:need].tolist())
+
+    def state_dict(self, done_in_epoch: int) -> tuple[dict, str]:
+        """The state that replays the rest of training after ``done_in_epoch`` batches.
+
+        Returns the state and where the RNG states were taken relative to the data
+        loader's per-epoch seed draw: ``"epoch"`` at an epoch's end, else ``"batch"``.
+        """
+        generator, remaining = self.epoch_start
+        if done_in_epoch >= min(self.per_epoch, remaining):  # the epoch is over
+            generator, remaining = self.generator.get_state(), self.remaining
+            done_in_epoch = 0
+        state = {"generator": generator, "remaining": remaining, "skip": done_in_epoch}
+        return state, "batch" if done_in_epoch else "epoch"
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict`'s state."""
+        self.generator.set_state(state["generator"])
+        self.remaining, self.skip = int(state["remaining"]), int(state["skip"])
 
 
 class _Net(NeuralNet):
@@ -197,6 +220,19 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
         origins within 4 px, a 2 degree final step): ``predict`` and
         :meth:`predict_poses` then return search-quality poses wherever the network
         was within reach. Needs the map (``volume``) at predict time.
+    checkpoint_dir : str or Path or None, default None
+        ``fit`` saves ``checkpoint_dir/checkpoint.pt`` every ``checkpoint_every``
+        iterations, atomically (weights, Adam's state, the learning-rate schedule,
+        the iteration count, the history, the batch order's and the torch, numpy and
+        Python RNG states). One training per folder (not one per ``GridSearchCV``
+        candidate); ``partial_fit`` and warm starts write none.
+    checkpoint_every : int, default 100
+        Iterations between checkpoints.
+    resume : bool, default False
+        With ``checkpoint_dir``: ``fit`` continues from the checkpoint there (and
+        trains from scratch when there is none). A checkpoint of other parameters or
+        data is refused. On the CPU the result is bitwise that of the uninterrupted
+        run.
 
     Attributes
     ----------
@@ -210,7 +246,7 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
     reprojection_scale_ : float
         Divides the reprojection loss (see :mod:`skpose.learn.losses`).
     n_iter_ : int
-        Iterations trained so far.
+        Iterations trained so far (fewer than ``max_iter`` after an interrupt).
     n_features_in_ : int
         ``input_box_ ** 2``.
 
@@ -223,6 +259,12 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
     ...                            max_iter=4, batch_size=16, lr=1e-3, random_state=0)
     >>> est.fit(sim.images, sim.quaternions).predict(sim.images[:3]).shape
     (3, 4)
+
+    Interrupts: Ctrl-C (SIGINT, and SIGTERM where a Python handler is installed, as
+    the ``skpose`` command line does) stops training at the end of the current
+    iteration and ``fit`` raises ``KeyboardInterrupt``, although skorch alone would
+    return as if training were complete. The estimator then holds the network of
+    ``n_iter_ < max_iter`` iterations; ``fit`` does not return it as a finished one.
     """
 
     def __init__(
@@ -244,6 +286,9 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
         verbose=0,
         warm_start=False,
         refine=False,
+        checkpoint_dir=None,
+        checkpoint_every=100,
+        resume=False,
     ):
         self.volume = volume
         self.w = w
@@ -261,6 +306,9 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
         self.verbose = verbose
         self.warm_start = warm_start
         self.refine = refine
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.resume = resume
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -559,13 +607,11 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
         return self._train(self._network_input(X, ctf), y.astype(np.float32))
 
     def _train(self, X: np.ndarray, y: np.ndarray):
-        sampler = self.net_.iterator_train__sampler
-        epochs = math.ceil(sampler.remaining / sampler.per_epoch)
-        with warnings.catch_warnings():
+        # Counts n_iter_, checkpoints, resumes, and raises interrupts skorch swallows.
+        with TrainingRun(self, X, y) as run, warnings.catch_warnings():
             # skorch warns that a sampler with shuffle=False is unusual; it is ours.
             warnings.simplefilter("ignore", UserWarning)
-            self.net_.partial_fit(X, y, epochs=epochs)
-        self.n_iter_ += sum(len(h["batches"]) for h in self.net_.history[-epochs:])
+            self.net_.partial_fit(X, y, epochs=run.epochs)
         return self
 
     # ----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import warnings
 from collections import OrderedDict
@@ -11,6 +12,7 @@ import mrcfile
 import numpy as np
 
 from skpose._validation import to_numpy
+from skpose.io._atomic import atomic_path
 from skpose.io._star import Particles, require_columns
 
 __all__ = [
@@ -101,7 +103,7 @@ def read_volume(path) -> tuple[np.ndarray, float]:
 
 
 def write_volume(path, volume, voxel_size_angstrom: float = 1.0) -> None:
-    """Write a cubic volume to an MRC file (float32, overwritten).
+    """Write a cubic volume to an MRC file (float32, replaced atomically).
 
     Parameters
     ----------
@@ -119,10 +121,25 @@ def write_volume(path, volume, voxel_size_angstrom: float = 1.0) -> None:
             f"{vol.shape}."
         )
     _check_spacing(voxel_size_angstrom, "voxel_size_angstrom")
-    with mrcfile.new(path, overwrite=True) as mrc:
-        mrc.set_data(vol)
-        mrc.set_volume()
-        mrc.voxel_size = float(voxel_size_angstrom)
+    _write_mrc(path, vol, voxel_size_angstrom, stack=False)
+
+
+def _write_mrc(path, data: np.ndarray, spacing: float, *, stack: bool) -> None:
+    """Write an MRC volume or stack atomically, its file closed even when it fails.
+
+    (mrcfile leaves its file open when the final flush fails, e.g. on a full disk.)
+    """
+    with atomic_path(path) as tmp:
+        mrc = mrcfile.new(tmp, overwrite=True)
+        try:
+            mrc.set_data(data)
+            mrc.set_image_stack() if stack else mrc.set_volume()
+            mrc.voxel_size = float(spacing)
+            mrc.close()
+        except BaseException:
+            with contextlib.suppress(OSError):
+                mrc._iostream.close()
+            raise
 
 
 def _check_spacing(value, name: str) -> None:
@@ -165,7 +182,7 @@ def read_images(path, *, mmap: bool = True) -> np.ndarray:
 
 
 def write_images(path, images, pixel_size_angstrom: float = 1.0) -> None:
-    """Write images to an MRC stack (``.mrcs``, float32, space group 0, overwritten).
+    """Write images to an MRC stack (``.mrcs``, float32, space group 0; atomic).
 
     Parameters
     ----------
@@ -184,10 +201,7 @@ def write_images(path, images, pixel_size_angstrom: float = 1.0) -> None:
             f"Expected 'images' to have shape (n, H, W) with H == W, got {arr.shape}."
         )
     _check_spacing(pixel_size_angstrom, "pixel_size_angstrom")
-    with mrcfile.new(path, overwrite=True) as mrc:
-        mrc.set_data(arr)
-        mrc.set_image_stack()
-        mrc.voxel_size = float(pixel_size_angstrom)
+    _write_mrc(path, arr, pixel_size_angstrom, stack=True)
 
 
 # --------------------------------------------------------------------------------------

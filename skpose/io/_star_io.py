@@ -11,6 +11,7 @@ import starfile
 
 from skpose._validation import to_numpy
 from skpose.geometry.rotations import quat_to_relion_euler
+from skpose.io._atomic import atomic_path
 from skpose.io._star import ANGLE_COLUMNS, PIXEL_SIZE_HELP, Particles
 
 __all__ = ["read_particles", "write_particles"]
@@ -173,7 +174,8 @@ def write_particles(
     Parameters
     ----------
     path : str or pathlib.Path
-        The STAR file to write (overwritten).
+        The STAR file to write (replaced atomically: an interrupted or failed write
+        leaves the previous file intact).
     particles : Particles
         The table; every column and block is written back.
     quaternions : array of shape (n, 4), optional
@@ -215,6 +217,6 @@ def write_particles(
                 f"Expected extra column '{name}' to have shape ({n},), got {arr.shape}."
             )
         data[name] = arr
-    path = Path(path)
-    starfile.write(_blocks_for_writing(particles, data), path, overwrite=True)
-    _add_version_lines(path, particles.version)
+    with atomic_path(path) as tmp:
+        starfile.write(_blocks_for_writing(particles, data), tmp, overwrite=True)
+        _add_version_lines(tmp, particles.version)
