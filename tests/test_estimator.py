@@ -370,6 +370,33 @@ def test_a_ctf_trained_model_refuses_particles_without_ctf_and_the_reverse(vol):
     assert without.predict(images).shape == (16, 4)
 
 
+def test_the_ctf_is_checked_once_per_call(vol, monkeypatch):
+    import skpose.estimators.orientation as orientation
+    import skpose.search.poses as poses
+
+    sim = simulate_particles(vol, 8, ctf=True, pixel_size_angstrom=4.0, random_state=9)
+    est = tiny(vol, max_iter=2, refine=True, refine_step_deg=8.0)
+    est.fit(sim.images, sim.quaternions, ctf=sim.ctf[np.arange(1)])  # one for all
+    calls = []
+
+    def counted(check):
+        def count(ctf, n):
+            calls.append(check.__module__)
+            return check(ctf, n)
+
+        return count
+
+    monkeypatch.setattr(orientation, "check_ctf", counted(orientation.check_ctf))
+    monkeypatch.setattr(poses, "check_ctf", counted(poses.check_ctf))
+    for call in (est.predict, est.predict_poses):
+        calls.clear()
+        call(sim.images, ctf=sim.ctf)
+        assert len(calls) == 1
+    calls.clear()
+    est.score(sim.images, sim.quaternions, ctf=sim.ctf)
+    assert len(calls) == 1
+
+
 def test_confidence_is_the_same_with_and_without_refinement(monkeypatch):
     # 64 px particles with a CTF, a 32 px network: the confidence is the NCC at the
     # returned pose at the full box, whether or not the pose was refined.

@@ -189,8 +189,8 @@ class OrientationEstimator(PoseEstimator):
             SNR 0.1     4.28 56 %  3.57 68 %  3.50 70 %  3.61 66 %  5.21 50 %
             80S *       9.78 40 %      -      0.73 82 %  0.70 86 %  0.72 85 %
 
-        (* the 80S ribosome map, 64 px, noiseless, starting from a small network's own
-        poses, 26 degrees median error.) 15 degrees leaves the poses 10-40 degrees
+        (* measured earlier on the 80S ribosome map, 64 px, noiseless, from a network's
+        own poses, 26 degrees median error.) 15 degrees leaves the poses 10-40 degrees
         off behind; 90 starts so coarse that some land in wrong basins, the more so
         the noisier the images. 45 is the best or within 4 points of it in every
         row; 45 and 60 take the same five rounds, 90 six.
