@@ -152,7 +152,9 @@ def main(argv=None):
     )  # fmt: skip
     start = time.perf_counter()
     # Fit parameters with one row per particle (the shifts) are split with the folds.
-    search.fit(sim.images[train], sim.quaternions[train], shifts=sim.shifts_px[train])
+    search.fit(
+        sim.images[train], sim.quaternions[train], shifts_px=sim.shifts_px[train]
+    )
     elapsed = time.perf_counter() - start
 
     print(f"\n{results_table(search)}\n")

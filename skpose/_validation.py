@@ -5,20 +5,16 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from pathlib import Path
 
 import numpy as np
 import scipy.sparse
 import torch
 
 __all__ = [
-    "VolumeReprMixin",
     "as_quaternions",
     "back_like",
-    "check_ctf",
     "check_finite",
     "check_images",
-    "check_params",
     "check_volume",
     "is_int",
     "is_real",
@@ -186,38 +182,6 @@ def check_volume(volume, name: str = "volume") -> torch.Tensor:
     return t
 
 
-def check_ctf(ctf, n: int):
-    """A CTFParams for ``n`` images (one per image, or 1 for all), or None."""
-    from skpose.imaging.ctf import CTFParams
-
-    if ctf is None:
-        return None
-    if not isinstance(ctf, CTFParams):
-        raise TypeError(
-            f"Expected 'ctf' to be None or a CTFParams, got {type(ctf).__name__}."
-        )
-    if len(ctf) not in (1, n):
-        raise ValueError(
-            f"Expected 'ctf' to describe 1 or {n} particles (one per image), got "
-            f"{len(ctf)}."
-        )
-    return ctf[np.zeros(n, dtype=int)] if len(ctf) == 1 else ctf
-
-
-def param_error(owner: str, name: str, value, expected: str) -> ValueError:
-    """The error for an estimator parameter ``name`` of ``owner`` set to ``value``."""
-    return ValueError(
-        f"The '{name}' parameter of {owner} must be {expected}. Got {value!r} instead."
-    )
-
-
-def check_params(estimator, owner: str, checks: dict) -> None:
-    """Raise :func:`param_error` for the first ``name: (ok, expected)`` not ``ok``."""
-    for name, (ok, expected) in checks.items():
-        if not ok:
-            raise param_error(owner, name, getattr(estimator, name), expected)
-
-
 def is_real(x) -> bool:
     """A finite real number (not a bool)."""
     return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
@@ -226,26 +190,3 @@ def is_real(x) -> bool:
 def is_int(x) -> bool:
     """An integer (not a bool)."""
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-class _ArrayRepr:
-    """An array in an estimator's repr: ``<array (64, 64, 64) float32>``."""
-
-    def __init__(self, array):
-        self.text = f"<array {tuple(array.shape)} {array.dtype}>"
-
-    def __repr__(self) -> str:
-        return self.text
-
-
-class VolumeReprMixin:
-    """Show a ``volume`` parameter given as an array by its shape, not its values."""
-
-    def __repr__(self, N_CHAR_MAX=700):
-        volume = self.volume
-        if hasattr(volume, "shape") and not isinstance(volume, (str, Path)):
-            self.volume = _ArrayRepr(volume)
-        try:
-            return super().__repr__(N_CHAR_MAX)
-        finally:
-            self.volume = volume

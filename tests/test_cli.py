@@ -161,7 +161,8 @@ def test_six_optics_groups_keep_every_column(shared_data, tmp_path):
         random_state=0,
         device="cpu",
     )
-    est.fit(fourier_pad(train.images, 196), train.quaternions)
+    ctf = skpose.read_particles(tmp_path / "in.star").ctf[np.arange(16)]
+    est.fit(fourier_pad(train.images, 196), train.quaternions, ctf=ctf)
     model = {
         "format": "skpose-model-1",
         "estimator": est,
@@ -417,7 +418,7 @@ def test_real_trpv1_predict_evaluate_reconstruct(shared_data, tmp_path):
         random_state=0,
         device="cpu",
     )
-    est.fit(images, particles.quaternions, particles.origins_px)
+    est.fit(images, particles.quaternions, particles.origins_px, ctf=particles.ctf)
     model = {
         "format": "skpose-model-1",
         "estimator": est,
@@ -513,6 +514,94 @@ def test_predict_refine_needs_the_models_map(workdir, capsys):
     assert "other.mrc is not the map the model was trained with" in err
     assert err.count("\n") == 1
     assert main([*argv, "--volume", str(workdir / "map.mrc")]) == 0
+
+
+@pytest.fixture(scope="module")
+def no_ctf(workdir):
+    """Particles without CTF (32 px, 3 A/px, like the workdir's) and a model of them."""
+    d = workdir / "no_ctf"
+    argv = ["simulate", str(workdir / "map.mrc"), "--n", "40", "--snr", "2"]
+    assert main([*argv, "--seed", "1", "--out", str(d)]) == 0
+    fit = ["fit", str(d / "particles.star"), "--volume", str(workdir / "map.mrc")]
+    out = ["--out", str(d / "model.joblib"), "--max-iter", "2", "--verbose", "0"]
+    assert main([*fit, *out]) == 0
+    return d
+
+
+def _one_line_error(capsys, code: int) -> str:
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("skpose: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_ctf_trained_model_refuses_particles_without_ctf(workdir, no_ctf, capsys):
+    model = __import__("joblib").load(no_ctf / "model.joblib")
+    assert model["ctf"] == "none" and not model["estimator"].trained_with_ctf_
+    assert __import__("joblib").load(workdir / "model.joblib")["ctf"] == "phase-flipped"
+    argv = ["predict", str(no_ctf / "particles.star"), "--out", str(no_ctf / "p.star")]
+    code = main([*argv, "--model", str(workdir / "model.joblib")])
+    err = _one_line_error(capsys, code)
+    assert "model.joblib was trained on particles with a CTF, but" in err
+    assert "particles.star' has no CTF parameters" in err
+    assert not (no_ctf / "p.star").exists()
+    # Its own model predicts them.
+    assert main([*argv, "--model", str(no_ctf / "model.joblib")]) == 0
+
+
+def test_model_trained_without_ctf_refuses_ctf_particles(workdir, no_ctf, capsys):
+    rest = workdir / "split/rest.star"
+    argv = ["predict", str(rest), "--model", str(no_ctf / "model.joblib")]
+    code = main([*argv, "--out", str(no_ctf / "q.star")])
+    err = _one_line_error(capsys, code)
+    assert "model.joblib was trained on particles without a CTF, but" in err
+    assert "rest.star' has CTF parameters" in err
+    code = main([*argv, "--out", str(no_ctf / "q.star"), "--refine"])
+    assert "trained on particles without a CTF" in _one_line_error(capsys, code)
+
+
+def test_grid_search_with_ctf_splits_it_with_the_images(workdir):
+    train = workdir / "split/train.star"
+    fit = ["fit", str(train), "--volume", str(workdir / "map.mrc")]
+    out = workdir / "grid.joblib"
+    argv = [*fit, "--out", str(out), "--max-iter", "2", "--verbose", "0"]
+    assert main([*argv, "--grid-w", "0.4,0.8", "--cv", "2"]) == 0
+    model = __import__("joblib").load(out)
+    assert model["ctf"] == "phase-flipped" and model["estimator"].trained_with_ctf_
+    assert model["estimator"].w in (0.4, 0.8)
+
+
+def test_confidence_means_the_same_with_and_without_refine(tmp_path):
+    """64 px particles with a CTF, a 32 px network: the column is the NCC at the
+    written pose at the particles' box (pose_score with their CTF), refined or not."""
+    skpose.write_volume(tmp_path / "map.mrc", skpose.phantom_volume(64), 3.0)
+    sim = ["simulate", str(tmp_path / "map.mrc"), "--n", "24", "--snr", "2", "--ctf"]
+    assert main([*sim, "--max-shift", "2", "--seed", "4", "--out", str(tmp_path)]) == 0
+    star = tmp_path / "particles.star"
+    fit = ["fit", str(star), "--volume", str(tmp_path / "map.mrc"), "--box", "32"]
+    model = tmp_path / "model.joblib"
+    options = ["--architecture", "small", "--max-iter", "2", "--device", "cpu"]
+    assert main([*fit, *options, "--out", str(model), "--verbose", "0"]) == 0
+    assert __import__("joblib").load(model)["estimator"].image_size_ == 32
+    predict = ["predict", str(star), "--model", str(model), "--out"]
+    assert main([*predict, str(tmp_path / "plain.star")]) == 0
+    assert main([*predict, str(tmp_path / "refined.star"), "--refine"]) == 0
+    volume, _ = skpose.read_volume(tmp_path / "map.mrc")
+    images = skpose.io.load_particle_images(skpose.read_particles(star))
+    columns = {}
+    for name in ("plain", "refined"):
+        written = skpose.read_particles(tmp_path / f"{name}.star")
+        conf = written.data["rlnSkposeConfidence"].to_numpy()
+        expected = skpose.pose_score(
+            volume,
+            images,
+            written.quaternions,
+            written.origins_px,
+            ctf=written.ctf,
+        )
+        np.testing.assert_allclose(conf, expected, rtol=0, atol=1e-5)
+        columns[name] = conf
+    assert np.median(columns["refined"]) > np.median(columns["plain"])
 
 
 @pytest.mark.slow

@@ -6,12 +6,20 @@ import warnings
 import joblib
 import numpy as np
 import pytest
+import sklearn
 import torch
+from _helpers import TabularChecks
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skpose import angular_error, phantom_volume, simulate_particles, write_volume
+from skpose import (
+    angular_error,
+    phantom_volume,
+    pose_score,
+    simulate_particles,
+    write_volume,
+)
 from skpose.estimators.orientation import OrientationEstimator
 from skpose.geometry.rotations import axis_angle_to_quat, quat_multiply
 from skpose.imaging.preprocess import phase_flip
@@ -177,10 +185,15 @@ def test_model_pickled_on_cuda_predicts_on_cpu(vol, data, tmp_path):
     [
         (
             {"w": 1.5},
-            r"'w' parameter of OrientationEstimator must be a float in \[0, 1\]",
+            r"'w' parameter of OrientationEstimator must be a float in the range "
+            r"\[0.0, 1.0\]",
         ),
         ({"w": -0.1}, "'w' parameter"),
-        ({"lr": 0.0}, "'lr' parameter .* > 0"),
+        (
+            {"lr": 0.0},
+            r"'lr' parameter of OrientationEstimator must be a float in the range "
+            r"\(0.0, inf\)",
+        ),
         ({"lr": -1e-3}, "'lr' parameter"),
         ({"max_iter": 0}, "'max_iter'"),
         ({"batch_size": 0}, "'batch_size'"),
@@ -188,7 +201,27 @@ def test_model_pickled_on_cuda_predicts_on_cpu(vol, data, tmp_path):
         ({"symmetry": "X3"}, "symmetry"),
         ({"architecture": "resnet"}, "architecture"),
         ({"image_size": 30}, "image_size"),
-        ({"refine": "yes"}, "'refine' parameter .* True or False"),
+        (
+            {"refine": "yes"},
+            "'refine' parameter of OrientationEstimator must be an instance of 'bool'",
+        ),
+        (
+            {"refine_cone_deg": 0},
+            r"'refine_cone_deg' parameter of OrientationEstimator must be None or a "
+            r"float in the range \(0.0, 90.0\]",
+        ),
+        ({"refine_cone_deg": 120.0}, "'refine_cone_deg' parameter"),
+        (
+            {"refine_step_deg": 0.0},
+            r"'refine_step_deg' parameter of OrientationEstimator must be a float in "
+            r"the range \(0.0, inf\)",
+        ),
+        (
+            {"refine_shift_px": -1.0},
+            r"'refine_shift_px' parameter of OrientationEstimator must be a float in "
+            r"the range \[0.0, inf\)",
+        ),
+        ({"random_state": -1}, "'random_state' parameter"),
     ],
 )
 def test_bad_parameters(vol, data, params, match):
@@ -217,6 +250,8 @@ def test_bad_data(vol, data, tmp_path):
         est.fit(images, quats[:, :3])
     with pytest.raises(ValueError, match="'volume' box"):
         tiny(phantom_volume(24)).fit(images, quats)
+    with pytest.raises(ValueError, match="'volume' parameter of OrientationEstimator"):
+        tiny(None).fit(images, quats)
     with pytest.raises(FileNotFoundError, match=r"nope.mrc"):
         tiny(str(tmp_path / "nope.mrc")).fit(images, quats)
     (tmp_path / "junk.mrc").write_bytes(b"not an mrc file at all" * 10)
@@ -286,24 +321,153 @@ def test_ctf_images_are_phase_flipped_for_the_network_and_matched_with_ctf(
         vol, 24, ctf=True, pixel_size_angstrom=4.0, max_shift=1, random_state=5
     )
     est = tiny(vol, max_iter=2).fit(sim.images, sim.quaternions, ctf=sim.ctf)
+    assert est.trained_with_ctf_
     seen = []
     _network_returns(est, monkeypatch, sim.quaternions, seen)
-    poses = est.predict_poses(sim.images, shifts=sim.shifts_px, ctf=sim.ctf)
-    flipped = est._prepare(torch.as_tensor(phase_flip(sim.images, sim.ctf)))
-    np.testing.assert_allclose(seen[-1], flipped, atol=1e-5)
+    poses = est.predict_poses(sim.images, shifts_px=sim.shifts_px, ctf=sim.ctf)
+    flipped = phase_flip(torch.as_tensor(sim.images), sim.ctf)
+    np.testing.assert_allclose(seen[-1], est._network_input(flipped, None), atol=1e-5)
     # True poses, CTF-modulated projections: the images themselves (noiseless).
     assert np.median(poses.score) > 0.99
     np.testing.assert_array_equal(poses.shifts_px, sim.shifts_px)
-    assert np.median(est.predict_poses(sim.images, shifts=sim.shifts_px).score) < 0.9
-    # Without the CTF, images go to the network as given.
-    est.predict(sim.images)
-    np.testing.assert_allclose(seen[-1], est._prepare(torch.as_tensor(sim.images)))
+    # Without the CTF, a model trained without one sees the images as given, and
+    # projections without the CTF match them far worse.
+    plain = tiny(vol, max_iter=2).fit(sim.images, sim.quaternions)
+    assert not plain.trained_with_ctf_
+    _network_returns(plain, monkeypatch, sim.quaternions, seen)
+    assert np.median(plain.predict_poses(sim.images, sim.shifts_px).score) < 0.9
+    plain.predict(sim.images)
+    raw = est._network_input(torch.as_tensor(sim.images), None)
+    np.testing.assert_allclose(seen[-1], raw)
     with pytest.raises(ValueError, match="'ctf' to describe 1 or 3 particles"):
         est.predict(sim.images[:3], ctf=sim.ctf)
     with pytest.raises(TypeError, match="'ctf' to be None or a CTFParams"):
         est.predict_poses(sim.images, ctf="ctf.star")
     with pytest.raises(ValueError, match=r"'shifts_px' to have shape \(24, 2\)"):
-        est.predict_poses(sim.images, shifts=sim.shifts_px[:3])
+        est.predict_poses(sim.images, shifts_px=sim.shifts_px[:3], ctf=sim.ctf)
+
+
+def test_a_ctf_trained_model_refuses_particles_without_ctf_and_the_reverse(vol):
+    sim = simulate_particles(vol, 16, ctf=True, pixel_size_angstrom=4.0, random_state=6)
+    images, quats, ctf = sim.images, sim.quaternions, sim.ctf
+    with_ctf = tiny(vol, max_iter=2).fit(images, quats, ctf=ctf)
+    without = tiny(vol, max_iter=2).fit(images, quats)
+    no_ctf = r"trained on images with a CTF \(its network saw them phase-flipped\)"
+    got_ctf = "trained on images without a CTF but got a 'ctf'"
+    for call in (
+        lambda est, **kw: est.predict(images, **kw),
+        lambda est, **kw: est.predict_poses(images, **kw),
+        lambda est, **kw: est.score(images, quats, **kw),
+        lambda est, **kw: est.partial_fit(images, quats, **kw),
+    ):
+        with pytest.raises(ValueError, match=no_ctf):
+            call(with_ctf)
+        with pytest.raises(ValueError, match=got_ctf):
+            call(without, ctf=ctf)
+    with pytest.raises(ValueError, match=no_ctf):
+        with_ctf.set_params(refine=True).predict(images)
+    assert with_ctf.predict(images, ctf=ctf).shape == (16, 4)
+    assert without.predict(images).shape == (16, 4)
+
+
+def test_the_ctf_is_checked_once_per_call(vol, monkeypatch):
+    import skpose.estimators.orientation as orientation
+    import skpose.search.poses as poses
+
+    sim = simulate_particles(vol, 8, ctf=True, pixel_size_angstrom=4.0, random_state=9)
+    est = tiny(vol, max_iter=2, refine=True, refine_step_deg=8.0)
+    est.fit(sim.images, sim.quaternions, ctf=sim.ctf[np.arange(1)])  # one for all
+    calls = []
+
+    def counted(check):
+        def count(ctf, n):
+            calls.append(check.__module__)
+            return check(ctf, n)
+
+        return count
+
+    monkeypatch.setattr(orientation, "check_ctf", counted(orientation.check_ctf))
+    monkeypatch.setattr(poses, "check_ctf", counted(poses.check_ctf))
+    for call in (est.predict, est.predict_poses):
+        calls.clear()
+        call(sim.images, ctf=sim.ctf)
+        assert len(calls) == 1
+    calls.clear()
+    est.score(sim.images, sim.quaternions, ctf=sim.ctf)
+    assert len(calls) == 1
+
+
+def test_confidence_is_the_same_with_and_without_refinement(monkeypatch):
+    # 64 px particles with a CTF, a 32 px network: the confidence is the NCC at the
+    # returned pose at the full box, whether or not the pose was refined.
+    vol = phantom_volume(64)
+    sim = simulate_particles(
+        vol, 16, ctf=True, pixel_size_angstrom=3.0, max_shift=2, random_state=6
+    )
+    est = tiny(vol, max_iter=2).fit(sim.images, sim.quaternions, ctf=sim.ctf)
+    assert est.image_size_ == 32 and est.input_box_ == 64
+    _network_returns(est, monkeypatch, perturbed(sim.quaternions, 5, 10, seed=7))
+    est.set_params(refine=True)
+    refined = est.predict_poses(sim.images, sim.shifts_px, ctf=sim.ctf)
+    assert np.median(refined.score) > 0.99
+    _network_returns(est, monkeypatch, refined.quaternions)
+    est.set_params(refine=False)
+    plain = est.predict_poses(sim.images, refined.shifts_px, ctf=sim.ctf)
+    np.testing.assert_array_equal(plain.quaternions, refined.quaternions)
+    np.testing.assert_array_equal(plain.score, refined.score)
+    expected = pose_score(
+        vol, sim.images, refined.quaternions, refined.shifts_px, ctf=sim.ctf
+    )
+    np.testing.assert_allclose(refined.score, expected, rtol=0, atol=1e-6)
+
+
+def test_old_shifts_keyword_still_works_with_a_future_warning(vol, data):
+    images, quats, shifts = data
+    new = tiny(vol, max_iter=2).fit(images, quats, shifts_px=shifts)
+    renamed = r"'shifts' keyword of OrientationEstimator\.{} is renamed 'shifts_px'"
+    with pytest.warns(FutureWarning, match=renamed.format("fit")):
+        old = tiny(vol, max_iter=2).fit(images, quats, shifts=shifts)
+    np.testing.assert_array_equal(old.predict(images[:4]), new.predict(images[:4]))
+    with pytest.warns(FutureWarning, match=renamed.format("partial_fit")):
+        old.partial_fit(images, quats, shifts=shifts)
+    assert old.n_iter_ == 4
+    with pytest.warns(FutureWarning, match=renamed.format("predict_poses")):
+        poses = new.predict_poses(images[:4], shifts=shifts[:4])
+    np.testing.assert_array_equal(poses.shifts_px, shifts[:4])
+    with pytest.warns(FutureWarning, match=renamed.format("score")):
+        old_score = new.score(images[:8], quats[:8], shifts=shifts[:8])
+    assert old_score == new.score(images[:8], quats[:8], shifts_px=shifts[:8])
+    with pytest.raises(TypeError, match="both 'shifts_px' and its old name 'shifts'"):
+        new.score(images[:8], quats[:8], shifts_px=shifts[:8], shifts=shifts[:8])
+
+
+def test_grid_search_over_refinement_parameters(vol, data):
+    images, quats, shifts = data
+    est = tiny(vol, max_iter=2, refine=True, refine_step_deg=4.0, refine_shift_px=1.0)
+    search = GridSearchCV(est, {"refine_cone_deg": [5.0, 45.0]}, cv=2)
+    search.fit(images[:32], quats[:32], shifts_px=shifts[:32])
+    scores = search.cv_results_["mean_test_score"]
+    assert len(scores) == 2 and scores[0] != scores[1]  # the cone reached refine
+    best = search.best_estimator_
+    assert best.refine and best.refine_step_deg == 4.0 and best.refine_shift_px == 1.0
+    assert best.refine_cone_deg == search.best_params_["refine_cone_deg"]
+    twin = clone(est).set_params(refine_cone_deg=30.0, refine_shift_px=2.0)
+    assert twin.get_params()["refine_cone_deg"] == 30.0
+    assert clone(twin).get_params()["refine_shift_px"] == 2.0
+    assert est.refine_cone_deg is None and est.refine_shift_px == 1.0
+
+
+def test_grid_search_splits_the_ctf_with_the_images(vol):
+    # With metadata routing, GridSearchCV splits the CTF (a fit and score parameter)
+    # with the images, as it splits arrays.
+    sim = simulate_particles(vol, 24, ctf=True, pixel_size_angstrom=4.0, random_state=8)
+    with sklearn.config_context(enable_metadata_routing=True):
+        est = tiny(vol, max_iter=2)
+        est.set_fit_request(ctf=True).set_score_request(ctf=True)
+        search = GridSearchCV(est, {"w": [0.2, 0.8]}, cv=2)
+        search.fit(sim.images, sim.quaternions, ctf=sim.ctf)
+    assert search.best_estimator_.trained_with_ctf_
+    assert np.all(np.asarray(search.cv_results_["mean_test_score"]) <= 0)
 
 
 def test_refine_needs_the_map_at_the_images_box(tmp_path):
@@ -327,69 +491,23 @@ def test_predict_before_fit_and_wrong_box(vol, data):
     with pytest.raises(NotFittedError):
         tiny(vol).predict(images)
     est = tiny(vol).fit(images, quats)
-    with pytest.raises(ValueError, match="are 64 px but the model was fitted on 32 px"):
+    match = "are 64 px but OrientationEstimator was fitted on 32 px"
+    with pytest.raises(ValueError, match=match):
         est.predict(np.zeros((2, 64, 64)))
 
 
 # -- scikit-learn's estimator checks ---------------------------------------------------
 
 
-class TabularAdapter(OrientationEstimator):
-    """Lets scikit-learn's generic checks drive the estimator.
+class TabularAdapter(TabularChecks, OrientationEstimator):
+    """OrientationEstimator driven by scikit-learn's generic checks (tabular data)."""
 
-    The checks feed tabular ``X`` (n, d) and 1-D or 2-D regression ``y``. The adapter
-    zero-pads each row into an 8 x 8 image (d <= 64) and turns ``y`` into rotations
-    (the first one to three target columns, scaled, as a rotation vector), and builds a
-    matching 8-voxel map. Everything else - parameters, validation, fitting,
-    persistence, determinism - is OrientationEstimator's own.
-    """
-
-    def _adapt(self, X, y=None):
-        if hasattr(X, "toarray") or np.iscomplexobj(X) or np.iscomplexobj(y):
-            return X, y  # sparse or complex: the estimator's own errors
-        X = np.asarray(X)
-        if X.ndim != 2 or X.shape[1] in (0, 64):
-            return X, y  # 1-D, empty or image-sized: the estimator decides
-        images = np.zeros((X.shape[0], 64), dtype=X.dtype)
-        images[:, : X.shape[1]] = X
-        if y is None:
-            return images, None
-        y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)[:, :3]
-        rotvec = np.zeros((len(y), 3))
-        rotvec[:, : y.shape[1]] = np.tanh(y)
-        return images, axis_angle_to_quat(rotvec)
-
-    def _check_features(self, X):
-        if hasattr(self, "n_features_in_") and np.ndim(X) == 2:
-            if np.shape(X)[1] != self.n_features_in_:
-                raise ValueError(
-                    f"X has {np.shape(X)[1]} features, but {type(self).__name__} "
-                    f"is expecting {self.n_features_in_} features as input."
-                )
-
-    def fit(self, X, y=None, shifts=None, ctf=None):
+    def partial_fit(self, X, y=None, shifts_px=None, ctf=None):
+        self._check_features(X)
         images, q = self._adapt(X, y)
-        super().fit(images, q, shifts, ctf)
-        if not hasattr(X, "toarray") and np.ndim(X) == 2:
-            self.n_features_in_ = np.shape(X)[1]
+        super().partial_fit(images, q, shifts_px, ctf)
+        self._record_features(X)
         return self
-
-    def partial_fit(self, X, y=None, shifts=None, ctf=None):
-        self._check_features(X)
-        images, q = self._adapt(X, y)
-        super().partial_fit(images, q, shifts, ctf)
-        if np.ndim(X) == 2:
-            self.n_features_in_ = np.shape(X)[1]
-        return self
-
-    def predict(self, X, ctf=None):
-        self._check_features(X)
-        return super().predict(self._adapt(X)[0], ctf)
-
-    def score(self, X, y):
-        self._check_features(X)
-        images, q = self._adapt(X, y)
-        return super().score(images, q)
 
 
 CHECK_VOLUME = phantom_volume(8, dtype=np.float64)

@@ -9,16 +9,19 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from _helpers import TabularChecks
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GridSearchCV
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skpose import (
     Poses,
     ProjectionMatcher,
     angular_error,
     phantom_volume,
+    pose_score,
     random_quaternions,
     refine,
     simulate_particles,
@@ -388,6 +391,16 @@ def test_peak_memory_flat_when_grid_is_8_times_finer():
         ({"symmetry": "X5"}, "symmetry"),
         ({"symmetry": "C0"}, "symmetry"),
         ({"refine_step_deg": 0}, "refine_step_deg"),
+        (
+            {"refine_cone_deg": 0.0},
+            r"'refine_cone_deg' parameter of ProjectionMatcher must be None or a float "
+            r"in the range \(0.0, 90.0\]",
+        ),
+        (
+            {"refine_shift_px": -1.0},
+            r"'refine_shift_px' parameter of ProjectionMatcher must be a float in the "
+            r"range \[0.0, inf\)",
+        ),
         ({"image_size": 4}, "image_size"),
         ({"batch_size": 0}, "batch_size"),
         ({"device": "tpu"}, "device"),
@@ -476,3 +489,96 @@ def test_refine_margin_ignores_symmetry_mates():
     aware = refine(vol, sim.images, sim.quaternions, symmetry="C12", **options)
     assert np.abs(plain.margin).max() < 0.002
     assert aware.margin.min() > 0.005
+
+
+def test_refinement_parameters_and_grid_search(vol, noiseless):
+    sim = noiseless
+    images, quats = sim.images[:12], sim.quaternions[:12]
+    matcher = ProjectionMatcher(vol, angular_step_deg=30, refine_step_deg=4.0)
+    # None: two grid steps (capped at 90 degrees).
+    assert matcher.fit(images)._cone_deg() == 60.0
+    assert matcher.set_params(angular_step_deg=60)._cone_deg() == 90.0
+    matcher.set_params(angular_step_deg=30)
+    search = GridSearchCV(matcher, {"refine_cone_deg": [3.0, 45.0]}, cv=2)
+    search.fit(images, quats)
+    scores = search.cv_results_["mean_test_score"]
+    assert len(scores) == 2 and scores[0] != scores[1]  # the cone reached refine
+    assert search.best_params_ == {"refine_cone_deg": 45.0}
+    best = search.best_estimator_
+    assert best.refine_cone_deg == 45.0 and best.refine_step_deg == 4.0
+    twin = clone(matcher).set_params(refine_cone_deg=20.0, refine_shift_px=2.0)
+    assert clone(twin).get_params()["refine_cone_deg"] == 20.0
+    assert twin.refine_shift_px == 2.0 and matcher.refine_shift_px == 4.0
+
+
+def test_confidence_is_pose_score_at_the_input_box(vol, noiseless):
+    # Matching at 32 px, scoring at the images' 64 px, searched or refined alike.
+    sim = noiseless
+    images = sim.images[:8]
+    matcher = ProjectionMatcher(vol, angular_step_deg=15, image_size=32).fit(images)
+    found = matcher.predict_poses(images)
+    expected = pose_score(vol, images, found.quaternions, found.shifts_px)
+    np.testing.assert_allclose(found.score, expected, rtol=0, atol=1e-6)
+    refined = matcher.set_params(refine_step_deg=2.0).predict_poses(images)
+    again = matcher.refine(images, refined.quaternions, refined.shifts_px)
+    expected = pose_score(vol, images, again.quaternions, again.shifts_px)
+    np.testing.assert_allclose(again.score, expected, rtol=0, atol=1e-6)
+    assert np.median(refined.score) > np.median(found.score)
+
+
+def test_old_shifts_keyword_still_works_with_a_future_warning(vol, noiseless):
+    sim = noiseless
+    images, quats, shifts = sim.images[:4], sim.quaternions[:4], sim.shifts_px[:4]
+    renamed = r"'shifts' keyword of ProjectionMatcher\.{} is renamed 'shifts_px'"
+    with pytest.warns(FutureWarning, match=renamed.format("fit")):
+        matcher = ProjectionMatcher(vol, angular_step_deg=30).fit(images, shifts=shifts)
+    with pytest.warns(FutureWarning, match=renamed.format("refine")):
+        old = matcher.refine(images, quats, shifts=shifts, cone_deg=5.0)
+    new = matcher.refine(images, quats, shifts_px=shifts, cone_deg=5.0)
+    np.testing.assert_array_equal(old.shifts_px, new.shifts_px)
+    with pytest.warns(FutureWarning, match=renamed.format("score")):
+        old_score = matcher.score(images, quats, shifts=shifts)
+    assert old_score == matcher.score(images, quats, shifts_px=shifts)
+
+
+_ROUNDING = (
+    "float32 refinement: the batched correlations round differently with the batch's "
+    "order and size, which moves refined poses by up to ~1e-7 (sometimes), above the "
+    "check's 1e-7 relative tolerance; grid poses are exact"
+)
+
+
+class TabularMatcher(TabularChecks, ProjectionMatcher):
+    """ProjectionMatcher driven by scikit-learn's generic checks (tabular data)."""
+
+
+@parametrize_with_checks(
+    [
+        TabularMatcher(
+            phantom_volume(8, dtype=np.float64),
+            angular_step_deg=30,
+            max_shift_px=1.0,
+            device="cpu",
+        ),
+        TabularMatcher(
+            phantom_volume(8, dtype=np.float64),
+            angular_step_deg=45,
+            max_shift_px=0.0,
+            refine_step_deg=10.0,
+            device="cpu",
+        ),
+    ],
+    expected_failed_checks=lambda est: (
+        {}
+        if est.refine_step_deg is None
+        else dict.fromkeys(
+            (
+                "check_methods_sample_order_invariance",
+                "check_methods_subset_invariance",
+            ),
+            _ROUNDING,
+        )
+    ),
+)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)

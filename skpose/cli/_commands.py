@@ -1,12 +1,15 @@
 """What each ``skpose`` subcommand does (``skpose.cli`` parses, this module acts).
 
-CTF handling (``fit`` and ``predict``): particles whose STAR file has CTF parameters are
-**phase-flipped** before they reach the network, so that every frequency has the
-first lobe's contrast; the reprojection loss stays the paper's simplified projection
-(no CTF), which phase-flipped images resemble up to an amplitude envelope. Why: the
-network then sees the same contrast for every defocus, and the loss needs no per-image
-CTF inside the training loop. The confidence written by ``predict`` compares each image
-with the CTF-modulated projection at its predicted pose (normalised cross-correlation).
+CTF handling (``fit`` and ``predict``): the STAR file's CTF goes to the estimator
+(``ctf=``), which owns it: its network sees the particles **phase-flipped**, so that
+every frequency has the first lobe's contrast, while the reprojection loss stays the
+paper's simplified projection (no CTF), which phase-flipped images resemble up to an
+amplitude envelope. Why: the network then sees the same contrast for every defocus,
+and the loss needs no per-image CTF inside the training loop. The model records
+whether it was trained with a CTF, and ``predict`` refuses particles of the other kind.
+The confidence written by ``predict`` is :func:`skpose.search.pose_score`: the
+normalised cross-correlation of each image with the CTF-modulated projection at the
+written pose, at the particles' box, with or without ``--refine``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from tqdm.auto import tqdm
 
 import skpose
 from skpose.cli import _safety
-from skpose.imaging.preprocess import fourier_resize, phase_flip
+from skpose.imaging.preprocess import fourier_resize
 from skpose.io import (
     iter_particle_images,
     load_particle_images,
@@ -120,16 +123,6 @@ def _has_ctf(particles) -> bool:
     return particles.has_column("rlnDefocusU")
 
 
-def _network_images(particles, rows=None, images=None) -> np.ndarray:
-    """Images as the network sees them: phase-flipped when the STAR has a CTF."""
-    if images is None:
-        images = load_particle_images(particles, rows)
-    if _has_ctf(particles):
-        ctf = particles.ctf if rows is None else particles.ctf[rows]
-        images = phase_flip(images, ctf)
-    return np.asarray(images, dtype=np.float32)
-
-
 def _estimator(args, volume_path: Path):
     arch = args.architecture
     if arch == "auto":
@@ -166,7 +159,7 @@ def _save_model(args, est, images, particles, pixel, interrupted=None) -> None:
         "box_size": int(images.shape[-1]),
         "pixel_size_angstrom": pixel,
         "map_sha256": _sha256(args.volume),
-        "ctf": "phase-flipped" if _has_ctf(particles) else "none",
+        "ctf": "phase-flipped" if est.trained_with_ctf_ else "none",
         "skpose_version": skpose.__version__,
     }
     if interrupted:
@@ -178,22 +171,33 @@ def _save_model(args, est, images, particles, pixel, interrupted=None) -> None:
 def fit(args) -> None:
     """``skpose fit``: train (optionally grid-search w and lr) and save the model."""
     particles, quats, pixel = _posed_particles(args.particles, "to train on")
-    images = _network_images(particles)
+    images = load_particle_images(particles)
+    data = {"shifts_px": particles.origins_px}
+    if _has_ctf(particles):
+        data["ctf"] = particles.ctf  # the estimator phase-flips the images
     est = _estimator(args, args.volume).set_params(**_safety.checkpoint_params(args))
     if args.grid_w or args.grid_lr:
-        from sklearn.model_selection import GridSearchCV
-
-        grid = {"w": args.grid_w or [est.w], "lr": args.grid_lr or [est.lr]}
-        search = GridSearchCV(est, grid, cv=args.cv)
-        search.fit(images, quats, shifts=particles.origins_px)
-        print(f"best {search.best_params_} (score {search.best_score_:.4g})")
-        est = search.best_estimator_
+        est = _grid_search(args, est, images, quats, data)
     else:
         save = functools.partial(_save_model, args, est, images, particles, pixel)
         with _safety.saving_on_interrupt(args, est, save):
-            est.fit(images, quats, particles.origins_px)
+            est.fit(images, quats, **data)
     _save_model(args, est, images, particles, pixel)
     print(f"trained {est.n_iter_} iterations; model saved to {args.out}")
+
+
+def _grid_search(args, est, images, quats, data: dict):
+    """The best estimator of a GridSearchCV over w and lr.
+
+    Metadata routing splits the origins and the CTF with the images, for ``fit`` and
+    for ``score`` alike.
+    """
+    from skpose.estimators._selection import grid_search
+
+    grid = {"w": args.grid_w or [est.w], "lr": args.grid_lr or [est.lr]}
+    search = grid_search(est, grid, images, quats, cv=args.cv, **data)
+    print(f"best {search.best_params_} (score {search.best_score_:.4g})")
+    return search.best_estimator_
 
 
 # --------------------------------------------------------------------------------------
@@ -211,7 +215,27 @@ def _load_model(path: Path) -> dict:
     if not isinstance(model, dict) or model.get("format") != _MODEL_FORMAT:
         raise ValueError(f"{path} is not a skpose model file (from 'skpose fit').")
     _safety.warn_if_partial(model, path)
+    est = model["estimator"]
+    if getattr(est, "trained_with_ctf_", None) is None:  # saved before it was recorded
+        est.trained_with_ctf_ = model.get("ctf") == "phase-flipped"
     return model
+
+
+def _check_ctf_like_model(particles, model_path: Path, est) -> None:
+    """Refuse particles with a CTF for a model trained without one, and the reverse."""
+    has_ctf = _has_ctf(particles)
+    if est.trained_with_ctf_ and not has_ctf:
+        raise ValueError(
+            f"{model_path} was trained on particles with a CTF, but "
+            f"{particles.source} has no CTF parameters (rlnDefocusU ...): predict "
+            "particles with their CTF, or train a model on particles without one."
+        )
+    if has_ctf and not est.trained_with_ctf_:
+        raise ValueError(
+            f"{model_path} was trained on particles without a CTF, but "
+            f"{particles.source} has CTF parameters (rlnDefocusU ...): train the "
+            "model on particles with their CTF."
+        )
 
 
 def _rescale_box(particles, model: dict) -> int | None:
@@ -230,17 +254,6 @@ def _rescale_box(particles, model: dict) -> int | None:
             "particles at the model's box and pixel size, or retrain."
         )
     return m_box
-
-
-def _confidence(est, images, quats, shifts, ctf) -> np.ndarray:
-    """NCC of each image with its predicted projection, at the network's size."""
-    from skpose.search import pose_score
-
-    size = est.image_size_
-    small = fourier_resize(images, size) if images.shape[-1] != size else images
-    scale = size / images.shape[-1]
-    ctf = None if ctf is None else ctf.resampled(scale)
-    return pose_score(est.volume_, small, quats, shifts * scale, ctf=ctf)
 
 
 def _refining(model: dict, volume: Path | None):
@@ -264,9 +277,10 @@ def predict(args) -> None:
     """``skpose predict``: stream the particles through the model; write a STAR.
 
     With ``--refine``, each network pose is refined locally against the model's map
-    at the particles' box (``OrientationEstimator(refine=True)``), origins are
-    updated, and the confidence is the refined normalised cross-correlation; without
-    it, the confidence is that correlation at the network pose, at the network's size.
+    at the particles' box (``OrientationEstimator(refine=True)``) and origins are
+    updated. The confidence is the same either way: the normalised cross-correlation
+    of each image with the (CTF-modulated) projection at its written pose, at the
+    particles' box (:func:`skpose.search.pose_score`).
     """
     model = _load_model(args.model)
     _safety.check_not_inputs(args, {"map": args.volume or model["estimator"].volume})
@@ -274,6 +288,7 @@ def predict(args) -> None:
     est.set_params(verbose=0)  # one progress bar below, not one per batch
     particles = read_particles(args.particles)
     target = _rescale_box(particles, model)
+    _check_ctf_like_model(particles, args.model, est)
     n = len(particles)
     quats, conf = np.zeros((n, 4)), np.zeros(n)
     shifts = particles.origins_px.astype(np.float64)
@@ -291,15 +306,9 @@ def predict(args) -> None:
         ctf = None if ctf_all is None else ctf_all[rows]
         if ctf is not None and target is not None:
             ctf.pixel_size_angstrom = np.full(len(rows), model["pixel_size_angstrom"])
-        batch_shifts = shifts[rows] * factor
-        if args.refine:
-            poses = est.predict_poses(raw, shifts=batch_shifts, ctf=ctf)
-            q, conf[rows] = poses.quaternions, poses.score
-            shifts[rows] = poses.shifts_px / factor
-        else:
-            q = est.predict(raw, ctf=ctf)
-            conf[rows] = _confidence(est, raw, q, batch_shifts, ctf)
-        quats[rows] = q
+        poses = est.predict_poses(raw, shifts_px=shifts[rows] * factor, ctf=ctf)
+        quats[rows], conf[rows] = poses.quaternions, poses.score
+        shifts[rows] = poses.shifts_px / factor
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _rebase_image_names(particles, particles, out.parent)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import random
 import signal
 import threading
@@ -32,7 +31,6 @@ import torch
 from skorch.callbacks import Callback
 from skorch.history import History
 
-from skpose._validation import check_params, is_int
 from skpose.io._atomic import atomic_path
 
 __all__ = ["CHECKPOINT_NAME", "TrainingRun"]
@@ -324,24 +322,13 @@ class TrainingRun:
 
 
 def check_checkpoint_params(est) -> None:
-    """Validate ``checkpoint_dir``, ``checkpoint_every`` and ``resume``."""
-    folder = est.checkpoint_dir
-    checks = {
-        "checkpoint_dir": (
-            folder is None or isinstance(folder, (str, os.PathLike)),
-            "None or a folder path",
-        ),
-        "checkpoint_every": (
-            is_int(est.checkpoint_every) and est.checkpoint_every >= 1,
-            "an int >= 1",
-        ),
-        "resume": (
-            isinstance(est.resume, (bool, np.bool_))
-            and not (est.resume and folder is None),
-            "True or False (True needs a checkpoint_dir)",
-        ),
-    }
-    check_params(est, "OrientationEstimator", checks)
+    """``resume=True`` needs a ``checkpoint_dir`` (the types are in the table)."""
+    if est.resume and est.checkpoint_dir is None:
+        raise ValueError(
+            "The 'resume' parameter of OrientationEstimator must be False when "
+            "'checkpoint_dir' is None (there is no checkpoint to resume). Got True "
+            "instead."
+        )
 
 
 def fingerprint(est, X: np.ndarray, y: np.ndarray) -> dict:

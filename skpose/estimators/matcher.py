@@ -2,53 +2,44 @@
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
+from numbers import Integral, Real
+from typing import ClassVar
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils._param_validation import Interval
 
-from skpose._validation import (
-    VolumeReprMixin,
-    as_quaternions,
-    check_ctf,
-    check_finite,
-    check_params,
-    is_int,
-    is_real,
-    param_error,
-    to_tensor,
-)
-from skpose.geometry.symmetry import group_order
+from skpose.estimators._base import PoseEstimator, renamed_shifts
+from skpose.imaging.ctf import check_ctf
 from skpose.imaging.preprocess import fourier_resize
 from skpose.imaging.projection import FourierProjector
 from skpose.metrics import reprojection_rmse
 from skpose.search import _global as _search
 from skpose.search import grid as _grid
-from skpose.search._local import FourierScorer, batches, local_search
+from skpose.search._local import batches
 from skpose.search.poses import (
     Poses,
     _as_output,
     _check_refine_options,
     _check_start,
-    refine_batches,
 )
 
 __all__ = ["ProjectionMatcher"]
 
 
-class ProjectionMatcher(VolumeReprMixin, BaseEstimator):
+class ProjectionMatcher(PoseEstimator):
     """Find particle orientations by exhaustive projection matching.
 
     Every image is compared with the map's projections at every orientation of
     :func:`so3_grid` (``angular_step_deg``, one asymmetric unit of ``symmetry``) and
     every trial origin on a ``shift_step_px`` grid within ``max_shift_px``, by
-    normalised cross-correlation; see :mod:`skpose.search` for the algorithm.
-    Measured on one core of a busy shared CPU (Xeon, AVX-512), 64 px images, 49
-    trial origins, C1: 1.9, 6.3 and about 125 s per 1000 particles at 15, 7.5 and
-    3.75 degrees (3.5, 10 and 120 s with a CTF); the cost grows as ``step^-4``.
+    normalised cross-correlation; see :mod:`skpose.search` for the algorithm. With a
+    ``refine_step_deg``, each pose found is then refined locally (as
+    :class:`OrientationEstimator` refines its network's, with the same ``refine_*``
+    parameters). Measured on one core of a busy shared CPU (Xeon, AVX-512), 64 px
+    images, 49 trial origins, C1: 1.9, 6.3 and about 125 s per 1000 particles at 15,
+    7.5 and 3.75 degrees (3.5, 10 and 120 s with a CTF); the cost grows as
+    ``step^-4``.
 
     Parameters
     ----------
@@ -65,13 +56,27 @@ class ProjectionMatcher(VolumeReprMixin, BaseEstimator):
         Spacing (input pixels) of the trial origins.
     symmetry : str, default "C1"
         Point group of the map; only one asymmetric unit is searched.
+    refine_cone_deg : float in (0, 90] or None, default None
+        How far (degrees) refinement may move a pose; ``None``: two grid steps,
+        ``min(2 * angular_step_deg, 90)`` (15 degrees at the default step, the
+        default cone of :func:`refine`). The search's pose is within about 0.85
+        step of the truth (its grid's covering radius) when it found the right
+        basin; the network's poses need a wider cone (``None`` means 45 degrees
+        there, see :class:`OrientationEstimator`).
     refine_step_deg : float or None, default None
-        ``None``: poses are grid points (the exhaustive search alone). A float: each
-        pose is then refined locally (:func:`refine` within one grid step of it, and
-        origins within one ``shift_step_px``) down to this step.
+        ``None``: poses are grid points (the exhaustive search alone). A float (> 0;
+        2.0 is :class:`OrientationEstimator`'s default): each pose is then refined
+        locally (the algorithm of :func:`refine`) within ``refine_cone_deg`` and
+        ``refine_shift_px`` of it, down to this last step. The matcher has no
+        ``refine`` switch as the network has: its method :meth:`refine` holds the
+        name, so ``None`` here is the switch.
+    refine_shift_px : float, default 4.0
+        How far (input pixels, per axis) refinement may move each origin from its
+        start.
     image_size : int or None, default None
-        Rescale images and map to this box (Fourier cropping) before matching;
-        origins are reported in input pixels all the same. ``None``: the input box.
+        Rescale images and map to this box (Fourier cropping) before matching and
+        refining; origins are reported in input pixels all the same, and the
+        confidence is computed at the input box. ``None``: the input box.
     batch_size : int, default 256
         Most images matched at once (fewer when the grid is fine, so that the largest
         intermediate stays within a fixed block of memory).
@@ -83,6 +88,8 @@ class ProjectionMatcher(VolumeReprMixin, BaseEstimator):
     ----------
     volume_ : numpy.ndarray of shape (image_size,) * 3
         The map at the matching box.
+    device_ : str
+        The device matching runs on (``"cpu"`` or ``"cuda"``).
     directions_ : torch.Tensor of shape (D, 4)
         The grid's viewing directions as rotations at ``psi = 0``.
     n_psi_ : int
@@ -109,6 +116,16 @@ class ProjectionMatcher(VolumeReprMixin, BaseEstimator):
     True
     """
 
+    _parameter_constraints: ClassVar[dict] = {
+        **PoseEstimator._parameter_constraints,
+        "angular_step_deg": [Interval(Real, 0, 90, closed="right")],
+        "max_shift_px": [Interval(Real, 0, None, closed="left")],
+        "shift_step_px": [Interval(Real, 0, None, closed="neither")],
+        "image_size": [None, Interval(Integral, 8, None, closed="left")],
+        "refine_step_deg": [None, Interval(Real, 0, None, closed="neither")],
+    }
+    _requires_y = False
+
     def __init__(
         self,
         volume=None,
@@ -118,6 +135,8 @@ class ProjectionMatcher(VolumeReprMixin, BaseEstimator):
         shift_step_px=1.0,
         symmetry="C1",
         refine_step_deg=None,
+        refine_cone_deg=None,
+        refine_shift_px=4.0,
         image_size=None,
         batch_size=256,
         device="auto",
@@ -129,109 +148,27 @@ class ProjectionMatcher(VolumeReprMixin, BaseEstimator):
         self.shift_step_px = shift_step_px
         self.symmetry = symmetry
         self.refine_step_deg = refine_step_deg
+        self.refine_cone_deg = refine_cone_deg
+        self.refine_shift_px = refine_shift_px
         self.image_size = image_size
         self.batch_size = batch_size
         self.device = device
         self.verbose = verbose
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.required = False
-        tags.target_tags.single_output = False
-        tags.target_tags.multi_output = True
-        return tags
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state.pop("_projector", None)  # rebuilt from volume_ on first use
         return state
 
-    # ----------------------------------------------------------------------------
-    # Validation
-    # ----------------------------------------------------------------------------
-
-    def _check_params(self) -> None:
-        step, refine_step = self.angular_step_deg, self.refine_step_deg
-        checks = {
-            "volume": (self.volume is not None, "an array (N, N, N) or an MRC path"),
-            "angular_step_deg": (
-                is_real(step) and 0 < step <= 90,
-                "a float in (0, 90]",
-            ),
-            "max_shift_px": (
-                is_real(self.max_shift_px) and self.max_shift_px >= 0,
-                "a float >= 0",
-            ),
-            "shift_step_px": (
-                is_real(self.shift_step_px) and self.shift_step_px > 0,
-                "a float > 0",
-            ),
-            "refine_step_deg": (
-                refine_step is None or (is_real(refine_step) and refine_step > 0),
-                "None or a float > 0",
-            ),
-            "image_size": (
-                self.image_size is None
-                or (is_int(self.image_size) and self.image_size >= 8),
-                "None or an int >= 8",
-            ),
-            "batch_size": (
-                is_int(self.batch_size) and self.batch_size >= 1,
-                "an int >= 1",
-            ),
-            "device": (
-                self.device in ("auto", "cpu", "cuda"),
-                "one of 'auto', 'cpu', 'cuda'",
-            ),
-            "verbose": (is_int(self.verbose) and self.verbose >= 0, "an int >= 0"),
-        }
-        check_params(self, "ProjectionMatcher", checks)
-        if self.device == "cuda" and not torch.cuda.is_available():
-            expected = "'cpu' or 'auto' (no CUDA device)"
-            raise param_error("ProjectionMatcher", "device", self.device, expected)
-        group_order(self.symmetry)  # raises a ValueError naming 'symmetry'
-
-    def _images(self, X, name: str = "images") -> torch.Tensor:
-        """Validate images: (n, N, N), or (n, N * N) flattened; finite; float32."""
-        t = to_tensor(X, name)
-        if t.ndim == 2 and t.shape[1] > 0 and math.isqrt(t.shape[1]) ** 2 == t.shape[1]:
-            t = t.reshape(t.shape[0], math.isqrt(t.shape[1]), -1)
-        if t.ndim != 3 or t.shape[-1] != t.shape[-2] or t.shape[0] < 1:
-            raise ValueError(
-                f"Expected '{name}' to have shape (n, N, N) with n >= 1, or (n, N * N) "
-                f"flattened square images; got {tuple(t.shape)}."
-            )
-        check_finite(t, name)
-        return t.to(torch.float32)
-
-    def _check_box(self, images: torch.Tensor, name: str = "images") -> None:
-        if images.shape[-1] != self.input_box_:
-            raise ValueError(
-                f"'{name}' are {images.shape[-1]} px but the matcher was fitted on "
-                f"{self.input_box_} px images. skpose refuses rather than guess the "
-                "pixel size: rescale them (skpose.fourier_resize) to "
-                f"{self.input_box_} px, or refit."
-            )
-
-    def _load_volume(self) -> np.ndarray:
-        vol = self.volume
-        if isinstance(vol, (str, Path)):
-            from skpose.io import read_volume
-
-            vol, _ = read_volume(vol)
-        t = to_tensor(vol, "volume")
-        if t.ndim != 3 or not (t.shape[0] == t.shape[1] == t.shape[2]):
-            raise ValueError(
-                f"Expected 'volume' to be a cubic map (N, N, N), got {tuple(t.shape)}."
-            )
-        check_finite(t, "volume")
-        return t.to(torch.float32).numpy()
+    def _default_cone_deg(self) -> float:
+        return min(2.0 * self.angular_step_deg, 90.0)
 
     # ----------------------------------------------------------------------------
     # Fitting
     # ----------------------------------------------------------------------------
 
-    def fit(self, images, quaternions=None, shifts=None):
+    @renamed_shifts
+    def fit(self, images, quaternions=None, shifts_px=None, ctf=None):
         """Prepare the search: grid, trial origins and the map's padded transform.
 
         References are not stored: one per viewing direction is sampled from the
@@ -241,8 +178,10 @@ class ProjectionMatcher(VolumeReprMixin, BaseEstimator):
         ----------
         images : array of shape (n, N, N) or (n, N * N)
             Images of the box the matcher will see (their values are not used).
-        quaternions, shifts : ignored
-            Accepted so that the matcher drops into supervised pipelines.
+        quaternions, shifts_px, ctf : ignored
+            Accepted so that the matcher drops into the pipelines of
+            :class:`OrientationEstimator` (``shifts=``, the old name of
+            ``shifts_px``, with a FutureWarning).
 
         Returns
         -------
@@ -250,25 +189,8 @@ class ProjectionMatcher(VolumeReprMixin, BaseEstimator):
         """
         self._check_params()
         X = self._images(images)
-        volume = self._load_volume()
-        if volume.shape[0] != X.shape[-1]:
-            raise ValueError(
-                f"The 'volume' box ({volume.shape[0]} px) differs from the images' box "
-                f"({X.shape[-1]} px); both must share box and pixel size."
-            )
-        self.input_box_ = X.shape[-1]
-        self.n_features_in_ = self.input_box_**2
-        self.image_size_ = self.image_size or self.input_box_
-        self.volume_ = (
-            volume
-            if self.image_size_ == self.input_box_
-            else fourier_resize(volume, self.image_size_, ndim=3)
-        )
-        self.device_ = (
-            ("cuda" if torch.cuda.is_available() else "cpu")
-            if self.device == "auto"
-            else self.device
-        )
+        self._fit_volume(X, self.image_size or X.shape[-1])
+        self.device_ = self._resolve_device()
         self.directions_ = _grid.grid_directions(self.angular_step_deg, self.symmetry)
         self.n_psi_ = _grid.n_psi_for(self.angular_step_deg)
         self.grid_size_ = self.directions_.shape[0] * self.n_psi_
@@ -286,26 +208,34 @@ class ProjectionMatcher(VolumeReprMixin, BaseEstimator):
             self._projector = FourierProjector(vol)
         return self._projector
 
+    def _full_projector(self, device) -> FourierProjector:
+        if self.image_size_ == self.input_box_:
+            return self._get_projector()
+        return super()._full_projector(device)
+
     # ----------------------------------------------------------------------------
     # Matching
     # ----------------------------------------------------------------------------
 
-    def _prepare(self, images, ctf):
-        """Validated images at the matching box (float32, on the device) and CTF."""
-        check_is_fitted(self, "directions_")
-        X = self._images(images)
-        self._check_box(X)
+    def _inputs(self, images, ctf):
+        """Checked images and CTF at the input box and at the matching box.
+
+        Returns ``(X, ctf, x, ctf_x)``: ``X`` float32 on the device, ``x`` the same
+        Fourier-rescaled to ``image_size_``, ``ctf_x`` the CTF at that pixel size.
+        """
+        X = self._fitted_images(images)
         ctf = check_ctf(ctf, X.shape[0])
+        if self.image_size_ == self.input_box_:
+            X = X.to(self.device_)
+            return X, ctf, X, ctf
+        x = fourier_resize(X, self.image_size_).to(self.device_)
         scale = self.image_size_ / self.input_box_
-        if self.image_size_ != self.input_box_:
-            X = fourier_resize(X, self.image_size_)
-        return X.to(self.device_), None if ctf is None else ctf.resampled(scale)
+        return X.to(self.device_), ctf, x, None if ctf is None else ctf.resampled(scale)
 
     def _search_batch(self, x: torch.Tensor, ctf):
-        """Global search of one batch: ``(q, t, score, margin)`` tensors."""
-        projector = self._get_projector()
+        """Global search of one batch: ``(q, t, score, margin)``; score NaN (later)."""
         quats, shifts, margin = _search.global_search(
-            projector,
+            self._get_projector(),
             self.directions_.to(dtype=x.dtype, device=x.device),
             self.offsets_px_.to(dtype=x.dtype, device=x.device),
             x,
@@ -313,21 +243,29 @@ class ProjectionMatcher(VolumeReprMixin, BaseEstimator):
             step_deg=self.angular_step_deg,
             symmetry=self.symmetry,
         )
-        scorer = FourierScorer(projector, x, ctf)
-        if self.refine_step_deg is None:
-            zero = torch.zeros(1, 2, dtype=x.dtype, device=x.device)
-            score = scorer.score(quats[:, None], shifts, zero, x.shape[-1] / 2)
-            return quats, shifts, score[:, 0, 0], margin
-        res = local_search(
-            scorer,
-            quats,
-            shifts,
-            cone_deg=float(self.angular_step_deg),
-            final_step_deg=float(self.refine_step_deg),
-            max_shift_px=float(self.shift_step_px) * self.image_size_ / self.input_box_,
-            symmetry=self.symmetry,
-        )
-        return res.quaternions, res.shifts_px, res.score, margin
+        return quats, shifts, torch.full_like(margin, torch.nan), margin
+
+    def _match(self, X, ctf, x, ctf_x) -> Poses:
+        """Search (then refine) checked images; scored at the input box."""
+        size = min(self.batch_size, _search.image_batch(len(self.offsets_px_)))
+        rows, parts = np.arange(x.shape[0]), []
+        with torch.no_grad():
+            for sl in batches(x.shape[0], size, self.verbose > 0, "search"):
+                c = None if ctf_x is None else ctf_x[rows[sl]]
+                parts.append(self._search_batch(x[sl], c))
+        scale = self.image_size_ / self.input_box_
+        q, t, _, margin = _as_output(parts, 1 / scale, True)
+        if self.refine_step_deg is not None:
+            q, t, _, _ = self._refined(
+                self._get_projector(),
+                x,
+                q,
+                t,
+                ctf_x,
+                scale=scale,
+                batch_size=self.batch_size,
+            )
+        return self._scored(self._full_projector(X.device), X, q, t, margin, ctf)
 
     def predict_poses(self, images, ctf=None) -> Poses:
         """Best orientation, origin and confidence of each image.
@@ -343,18 +281,14 @@ class ProjectionMatcher(VolumeReprMixin, BaseEstimator):
         Returns
         -------
         Poses
-            numpy arrays; ``margin``: the search's best NCC minus that of the best
-            viewing direction more than two grid steps away (symmetry-aware), both at
-            the search's resolution.
+            numpy arrays (refined poses with a ``refine_step_deg``); ``score``: the
+            confidence, :func:`pose_score` at the returned pose at the input box
+            (as in :meth:`OrientationEstimator.predict_poses`; see :class:`Poses`);
+            ``margin``: the search's best NCC minus that of the best viewing
+            direction more than two grid steps away (symmetry-aware), both at the
+            search's resolution.
         """
-        x, ctf = self._prepare(images, ctf)
-        size = min(self.batch_size, _search.image_batch(len(self.offsets_px_)))
-        parts = []
-        with torch.no_grad():
-            for sl in batches(x.shape[0], size, self.verbose > 0, "search"):
-                c = None if ctf is None else ctf[np.arange(x.shape[0])[sl]]
-                parts.append(self._search_batch(x[sl], c))
-        return _as_output(parts, self.input_box_ / self.image_size_, True)
+        return self._match(*self._inputs(images, ctf))
 
     def predict(self, images, ctf=None) -> np.ndarray:
         """Orientations of images (the quaternions of :meth:`predict_poses`).
@@ -366,57 +300,70 @@ class ProjectionMatcher(VolumeReprMixin, BaseEstimator):
         """
         return self.predict_poses(images, ctf).quaternions
 
+    @renamed_shifts
     def refine(
         self,
         images,
         quaternions,
-        shifts=None,
+        shifts_px=None,
         ctf=None,
         *,
-        cone_deg: float = 15.0,
-        final_step_deg: float = 2.0,
+        cone_deg: float | None = None,
+        final_step_deg: float | None = None,
     ) -> Poses:
         """Refine given poses locally (see :func:`refine`) against the fitted map.
 
-        Origins may move up to ``max_shift_px`` from ``shifts`` (default zeros).
+        Origins may move up to ``refine_shift_px`` from ``shifts_px`` (default
+        zeros).
 
         Parameters
         ----------
         images : array of shape (n, N, N) or (n, N * N)
         quaternions : array of shape (n, 4)
             Starting orientations.
-        shifts : array of shape (n, 2), optional
-            Starting RELION origins in input pixels.
+        shifts_px : array of shape (n, 2), optional
+            Starting RELION origins in input pixels. (``shifts=``, its old name,
+            still works with a FutureWarning.)
         ctf : CTFParams, optional
-        cone_deg, final_step_deg : float
-            As in :func:`refine`.
+        cone_deg, final_step_deg : float, optional
+            Override ``refine_cone_deg`` (``None``: two grid steps) and
+            ``refine_step_deg`` (``None``: 2 degrees) for this call.
 
         Returns
         -------
         Poses
-            numpy arrays, origins in input pixels.
+            numpy arrays, origins in input pixels; ``score`` as in
+            :meth:`predict_poses`, ``margin`` the refinement's (see :func:`refine`).
         """
-        _check_refine_options(cone_deg, final_step_deg, self.max_shift_px, 1)
-        x, ctf = self._prepare(images, ctf)
+        cone = self._cone_deg() if cone_deg is None else cone_deg
+        step = self.refine_step_deg if final_step_deg is None else final_step_deg
+        step = 2.0 if step is None else step  # OrientationEstimator's default
+        _check_refine_options(cone, step, self.refine_shift_px, 1)
+        X, ctf, x, ctf_x = self._inputs(images, ctf)
         scale = self.image_size_ / self.input_box_
-        q, t = _check_start(quaternions, shifts, x.shape[0], x, "shifts")
-        with torch.no_grad():
-            parts = refine_batches(
-                self._get_projector(),
-                x,
-                q,
-                t * scale,
-                ctf,
-                cone_deg=float(cone_deg),
-                final_step_deg=float(final_step_deg),
-                max_shift_px=float(self.max_shift_px) * scale,
-                batch_size=int(self.batch_size),
-                symmetry=self.symmetry,
-                verbose=self.verbose > 0,
-            )
-        return _as_output(parts, 1 / scale, True)
+        q, t = _check_start(quaternions, shifts_px, x.shape[0], x, "shifts_px")
+        poses = self._refined(
+            self._get_projector(),
+            x,
+            q,
+            t.double().cpu().numpy(),
+            ctf_x,
+            scale=scale,
+            cone_deg=cone,
+            final_step_deg=step,
+            batch_size=self.batch_size,
+        )
+        return self._scored(
+            self._full_projector(X.device),
+            X,
+            poses.quaternions,
+            poses.shifts_px,
+            poses.margin,
+            ctf,
+        )
 
-    def score(self, images, quaternions, shifts=None) -> float:
+    @renamed_shifts
+    def score(self, images, quaternions, shifts_px=None, ctf=None) -> float:
         """Minus the reprojection RMSE (paper eq. 16) of the predictions.
 
         Greater is better. Computed on the map at the matching box (``volume_``),
@@ -428,24 +375,20 @@ class ProjectionMatcher(VolumeReprMixin, BaseEstimator):
         images : array of shape (n, N, N) or (n, N * N)
         quaternions : array of shape (n, 4)
             True orientations.
-        shifts : array of shape (n, 2), optional
-            True RELION origins in input pixels.
+        shifts_px : array of shape (n, 2), optional
+            True RELION origins in input pixels. (``shifts=``, its old name, still
+            works with a FutureWarning.)
+        ctf : CTFParams, optional
+            The images' CTF, as in :meth:`predict_poses`.
 
         Returns
         -------
         float
             ``-RMSE`` (<= 0).
         """
-        q_pred = self.predict(images)
-        n = q_pred.shape[0]
-        q_true = as_quaternions(quaternions, "quaternions").to(torch.float64)
-        if q_true.shape != (n, 4):
-            raise ValueError(
-                f"Expected 'quaternions' to have shape ({n}, 4), got "
-                f"{tuple(q_true.shape)}."
-            )
-        t = None
-        if shifts is not None:
-            t = to_tensor(shifts, "shifts").to(torch.float64).numpy()
-            t = t * (self.image_size_ / self.input_box_)
-        return -reprojection_rmse(self.volume_, q_true.numpy(), q_pred, t)
+        inputs = self._inputs(images, ctf)
+        n = inputs[0].shape[0]
+        q_true = self._quaternions(quaternions, n)
+        q_pred = self._match(*inputs).quaternions
+        origins = self._origins(shifts_px, n) * (self.image_size_ / self.input_box_)
+        return -reprojection_rmse(self.volume_, q_true, q_pred, origins)

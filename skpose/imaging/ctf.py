@@ -26,7 +26,7 @@ import torch
 from skpose._validation import to_tensor
 from skpose.imaging._fourier import frequency_grid
 
-__all__ = ["CTFParams", "compute_ctf", "electron_wavelength_angstrom"]
+__all__ = ["CTFParams", "check_ctf", "compute_ctf", "electron_wavelength_angstrom"]
 
 
 @dataclass
@@ -69,6 +69,15 @@ class CTFParams:
     def __len__(self) -> int:
         return int(np.broadcast(*[np.asarray(v) for v in self.as_dict().values()]).size)
 
+    @property
+    def shape(self) -> tuple[int]:
+        """``(n,)``: lets scikit-learn split a CTF with its images.
+
+        ``GridSearchCV(...).fit(images, quaternions, ctf=ctf)`` indexes fit parameters
+        that have a ``shape`` like arrays (``ctf[rows, ...]``), one row per particle.
+        """
+        return (len(self),)
+
     def as_dict(self) -> dict:
         """Fields as a dict of numpy arrays."""
         return {f.name: np.asarray(getattr(self, f.name)) for f in fields(self)}
@@ -91,6 +100,42 @@ class CTFParams:
         fields_ = self.as_dict()
         fields_["pixel_size_angstrom"] = fields_["pixel_size_angstrom"] / factor
         return CTFParams(**fields_)
+
+
+def check_ctf(ctf, n: int) -> CTFParams | None:
+    """The CTF of ``n`` images: one row per image, or ``None``.
+
+    Parameters
+    ----------
+    ctf : CTFParams or None
+        ``n`` particles' parameters, or one set for all ``n`` images.
+    n : int
+        Number of images.
+
+    Returns
+    -------
+    CTFParams of length n, or None
+        A single set is repeated ``n`` times.
+
+    Raises
+    ------
+    TypeError
+        When ``ctf`` is neither None nor a CTFParams.
+    ValueError
+        When it describes neither 1 nor ``n`` particles.
+    """
+    if ctf is None:
+        return None
+    if not isinstance(ctf, CTFParams):
+        raise TypeError(
+            f"Expected 'ctf' to be None or a CTFParams, got {type(ctf).__name__}."
+        )
+    if len(ctf) not in (1, n):
+        raise ValueError(
+            f"Expected 'ctf' to describe 1 or {n} particles (one per image), got "
+            f"{len(ctf)}."
+        )
+    return ctf[np.zeros(n, dtype=int)] if len(ctf) == 1 else ctf
 
 
 def electron_wavelength_angstrom(voltage_kv):

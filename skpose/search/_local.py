@@ -41,7 +41,14 @@ from skpose.search._global import (
     slice_planes,
 )
 
-__all__ = ["FourierScorer", "LocalResult", "batches", "local_search", "refine_batches"]
+__all__ = [
+    "FourierScorer",
+    "LocalResult",
+    "batches",
+    "local_search",
+    "refine_batches",
+    "score_batches",
+]
 
 # Offsets of a 3-point pattern, the centre first.
 _UNIT = (0.0, -1.0, 1.0)
@@ -397,3 +404,22 @@ def refine_batches(
         )
         out.append((res.quaternions, res.shifts_px, res.score, res.margin))
     return out
+
+
+def score_batches(projector, images, quats, shifts_px, ctf, batch_size: int = 256):
+    """NCC of each image with the projection at its pose, batch by batch.
+
+    Inputs already checked (:func:`skpose.search.pose_score` checks them): images
+    ``(n, N, N)`` at the projector's box, quaternions ``(n, 4)`` and origins ``(n, 2)``
+    of the images' dtype and device, ``ctf`` None or ``n`` particles. All frequencies
+    up to Nyquist but the mean. Returns a float64 tensor ``(n,)`` on the images'
+    device.
+    """
+    zero = torch.zeros(1, 2, dtype=images.dtype, device=images.device)
+    rows, out = np.arange(images.shape[0]), []
+    for sl in batches(images.shape[0], batch_size, False, "score"):
+        c = None if ctf is None else ctf[rows[sl]]
+        scorer = FourierScorer(projector, images[sl], c)
+        radius = scorer.box_size / 2
+        out.append(scorer.score(quats[sl, None], shifts_px[sl], zero, radius))
+    return torch.cat(out)[:, 0, 0].to(torch.float64)
