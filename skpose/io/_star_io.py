@@ -16,6 +16,7 @@ from skpose.io._star import (
     Particles,
     _to_numpy,
 )
+from skpose.io._star_check import check_star_structure, refuse_cryosparc
 
 __all__ = ["read_particles", "write_particles"]
 
@@ -86,12 +87,17 @@ def read_particles(path) -> Particles:
     FileNotFoundError
         When the file does not exist.
     ValueError
-        When it cannot be parsed, has no table, or a particle refers to an optics group
-        that the optics block does not define.
+        When it cannot be parsed, has no table, a data row has fewer or more fields
+        than its table has columns, it ends inside a value (see
+        :mod:`skpose.io._star_check` for what a truncated file shows and what it does
+        not), it is a cryoSPARC ``.cs`` file (read those with :func:`read_cryosparc`),
+        or a particle refers to an optics group that the optics block does not define.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"STAR file '{path}' does not exist.")
+    refuse_cryosparc(path)
+    check_star_structure(path)
     try:
         blocks = starfile.read(path, always_dict=True)
     except Exception as exc:
