@@ -296,6 +296,11 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
             ),
             "verbose": (is_int(self.verbose) and self.verbose >= 0, "an int >= 0"),
             "refine": (isinstance(self.refine, (bool, np.bool_)), "True or False"),
+            "warm_start": (self.warm_start in (True, False), "True or False"),
+            "random_state": (
+                self.random_state is None or is_int(self.random_state),
+                "None or an int",
+            ),
             "volume": (self.volume is not None, "an array (N, N, N) or an MRC path"),
         }
         check_params(self, "OrientationEstimator", checks)
