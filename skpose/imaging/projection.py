@@ -16,6 +16,8 @@ is one central slice sampled by trilinear interpolation, phase-shifted, optional
 multiplied by the CTF, and inverse-transformed. Like RELION, the volume is divided by
 the real-space transform of the trilinear kernel (gridding correction) before its FFT
 and only frequencies within the Nyquist circle ``|k| <= N / 2`` are kept.
+``frequencies="square"`` keeps every frequency of the image grid instead: the accurate
+mode for maps with power up to Nyquist (``docs/conventions.md``).
 
 :func:`project_real_space` rotates the volume in real space (trilinear) and sums along
 ``z``: slow, simple, and independent of the Fourier path. Tests compare the two.
