@@ -61,6 +61,11 @@ def reprojection_rmse(
     float
         The RMSE, in the volume's density units times pixels (a sum along ``z``).
 
+    Raises
+    ------
+    ValueError
+        When the volume is constant (every pose would score alike).
+
     Examples
     --------
     >>> vol = np.random.default_rng(0).random((16, 16, 16))
@@ -69,6 +74,12 @@ def reprojection_rmse(
     0.0
     """
     vol = check_volume(volume)
+    if vol.numel() and bool(vol.max() == vol.min()):
+        raise ValueError(
+            f"Expected 'volume' to vary: it is constant (every voxel "
+            f"{float(vol.flatten()[0]):g}), so the RMSE would say nothing about the "
+            "poses (0, the best score, for any prediction on an all-zero map)."
+        )
     a, b = _paired(q_true, q_pred)
     total = 0.0
     for start in range(0, a.shape[0], batch_size):

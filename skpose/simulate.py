@@ -306,7 +306,7 @@ def _make_ctf(ctf, n: int, pixel_size_angstrom: float, rng) -> CTFParams | None:
     )
 
 
-def _check_simulation_args(n, snr, max_shift) -> None:
+def _check_simulation_args(n, snr, max_shift, box: int, pixel_size) -> None:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"Expected 'n' to be a positive integer, got {n!r}.")
     if snr is not None and not (np.isfinite(snr) and snr > 0):
@@ -314,6 +314,19 @@ def _check_simulation_args(n, snr, max_shift) -> None:
     if not (np.isfinite(max_shift) and max_shift >= 0):
         raise ValueError(
             f"Expected 'max_shift' to be a number >= 0, got {max_shift!r}."
+        )
+    if max_shift >= box / 2:
+        # The Fourier shift is periodic: past half the box the particle's centre
+        # leaves the box and comes back from the other side, and the image no
+        # longer matches the origin written for it.
+        raise ValueError(
+            f"Expected 'max_shift' < half the box ({box / 2:g} px for a {box} px "
+            f"map), got {max_shift!r}: larger origins move the particle's centre out "
+            "of the box, where the periodic Fourier shift wraps it around."
+        )
+    if not (np.isfinite(pixel_size) and pixel_size > 0):
+        raise ValueError(
+            f"Expected 'pixel_size_angstrom' to be a number > 0, got {pixel_size!r}."
         )
 
 
@@ -328,6 +341,7 @@ def simulate_particles(
     pixel_size_angstrom: float = 1.0,
     batch_size: int = 256,
     random_state=None,
+    frequencies: str = "circle",
 ) -> SimulatedParticles:
     """Project a map at random (or given) poses, with shifts, CTF and noise.
 
@@ -344,13 +358,18 @@ def simulate_particles(
         ``True`` draws defoci with :func:`random_ctf`; a ``CTFParams`` of 1 or ``n``
         particles is used as given.
     max_shift : float, default 0
-        Origins ``(ox, oy)`` uniform in ``[-max_shift, max_shift]`` pixels.
+        Origins ``(ox, oy)`` uniform in ``[-max_shift, max_shift]`` pixels; less than
+        half the box (the centre must stay inside it).
     poses : None, array of shape (m, 4), or path to a STAR file
         ``None``: uniform on SO(3); otherwise ``n`` draws with replacement.
     pixel_size_angstrom : float, default 1.0
     batch_size : int, default 256
         Images projected at once.
     random_state : None, int or numpy.random.Generator
+    frequencies : {"circle", "square"}, default "circle"
+        The projector's frequencies (:func:`skpose.imaging.projection.project`):
+        RELION's Nyquist circle, or ``"square"``, the accurate mode for maps with
+        power up to Nyquist.
 
     Returns
     -------
@@ -363,8 +382,8 @@ def simulate_particles(
     >>> sim.images.shape, sim.quaternions.shape
     ((4, 32, 32), (4, 4))
     """
-    _check_simulation_args(n, snr, max_shift)
     vol = check_volume(volume).to(torch.float32)
+    _check_simulation_args(n, snr, max_shift, vol.shape[-1], pixel_size_angstrom)
     rng = np.random.default_rng(random_state)
     quats = _draw_poses(poses, int(n), rng)
     shifts = rng.uniform(-max_shift, max_shift, (int(n), 2))
@@ -373,7 +392,9 @@ def simulate_particles(
     for start in range(0, int(n), batch_size):
         sl = slice(start, start + batch_size)
         c = None if ctf_params is None else ctf_params[np.arange(int(n))[sl]]
-        images[sl] = to_numpy(project(vol, quats[sl], shifts[sl], c))
+        images[sl] = to_numpy(
+            project(vol, quats[sl], shifts[sl], c, frequencies=frequencies)
+        )
     noise_std = 0.0
     if snr is not None:
         noise_std = math.sqrt(float(images.var(dtype=np.float64)) / snr)

@@ -125,3 +125,16 @@ def test_resampled_changes_only_the_pixel_size():
     big = np.fft.fftshift(compute_ctf(ctf, 64).numpy(), axes=(-2, -1))
     small = np.fft.fftshift(compute_ctf(half, 32).numpy(), axes=(-2, -1))
     np.testing.assert_allclose(small, big[:, 16:48, 16:48], atol=1e-5)
+
+
+def test_scale_factor_multiplies_the_ctf_as_relion_does():
+    # RELION's CTF::getCTF returns scale * retval (rlnCtfScalefactor, default 1).
+    base = CTFParams(1.5e4, 1.4e4, 20.0, 1.2, amplitude_contrast=0.1)
+    scaled = CTFParams(1.5e4, 1.4e4, 20.0, 1.2, amplitude_contrast=0.1, scale=0.4)
+    one, part = compute_ctf(base, 32), compute_ctf(scaled, 32)
+    torch.testing.assert_close(part, 0.4 * one)
+    assert float(part[0, 0, 0]) == pytest.approx(0.4 * 0.1)
+    assert base.scale == 1.0
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match=r"'scale' \(rlnCtfScalefactor\)"):
+            compute_ctf(CTFParams(1e4, 1e4, 0.0, 1.0, scale=bad), 16)

@@ -593,3 +593,92 @@ def test_reading_a_stack_does_not_keep_its_pages_resident(tmp_path):
         grown_mib = (_resident_file_kib() - before) / 1024
     assert batch.shape == (512, 64, 64)
     assert grown_mib < 16, f"resident file-backed memory grew by {grown_mib:.0f} MiB"
+
+
+def _cs_variant(tmp_path, shared_data, name, mapping):
+    """A 6-row .cs from the real one; ``mapping(field, values)`` -> new fields.
+
+    Each new field is ``(name, values)``; the field's dtype follows the values.
+    """
+    raw = np.load(shared_data / CS_FILE)[:6]
+    fields = [f for n in raw.dtype.names for f in mapping(n, raw[n])]
+    dtype = [(f, v.dtype, v.shape[1:]) for f, v in fields]
+    out = np.zeros(len(raw), dtype=dtype)
+    for field, values in fields:
+        out[field] = values
+    with open(tmp_path / name, "wb") as handle:
+        np.save(handle, out)
+    return read_cryosparc(tmp_path / name)
+
+
+def _ctf_only(name, values):
+    return [] if name.startswith("alignments") else [(name, values)]
+
+
+def _two_d(name, values):
+    if not name.startswith("alignments3D/"):
+        return [(name, values)]
+    name = name.replace("alignments3D", "alignments2D")
+    return [(name, values[:, 2] if name.endswith("/pose") else values)]
+
+
+def _class_0(name, values):
+    return [(name.replace("alignments3D/", "alignments_class_0/"), values)]
+
+
+def _classes_0_1(name, values):
+    """Class 1 holds the inverse poses; odd rows prefer class 0, even ones class 1."""
+    if not name.startswith("alignments3D/"):
+        return [(name, values)]
+    first, second = values, values
+    if name.endswith("/pose"):
+        second = -values
+    if name.endswith("/class_posterior"):
+        first = np.tile([0.1, 0.9], 3).astype(values.dtype)
+        second = 1 - first
+    key = name.removeprefix("alignments3D/")
+    return [(f"alignments_class_0/{key}", first), (f"alignments_class_1/{key}", second)]
+
+
+def test_cryosparc_without_3d_poses_and_with_classes(tmp_path, shared_data):
+    full = read_cryosparc(shared_data / CS_FILE)
+    assert full.pose_source == "alignments3D"
+    q, shifts = full.quaternions[:6], full.shifts_px[:6]
+    cs = _cs_variant(tmp_path, shared_data, "ctf.cs", _ctf_only)
+    assert len(cs) == 6 and cs.quaternions is None and cs.shifts_px is None
+    assert cs.pose_source is None and cs.ctf is not None
+    cs = _cs_variant(tmp_path, shared_data, "2d.cs", _two_d)
+    assert cs.quaternions is None and cs.pose_source == "alignments2D"
+    np.testing.assert_allclose(cs.shifts_px, shifts)
+    cs = _cs_variant(tmp_path, shared_data, "c0.cs", _class_0)
+    assert cs.pose_source == "alignments_class_0"
+    np.testing.assert_allclose(cs.quaternions, q)
+    cs = _cs_variant(tmp_path, shared_data, "c01.cs", _classes_0_1)
+    assert cs.pose_source == "alignments_class_*"
+    np.testing.assert_allclose(cs.quaternions[1::2], q[1::2])
+    inverse = q * [1, -1, -1, -1]  # the conjugate, already canonical (w >= 0)
+    np.testing.assert_allclose(cs.quaternions[::2], inverse[::2], atol=1e-6)
+
+
+def test_ctf_scale_factor_is_read_per_particle_or_per_group(tmp_path):
+    data = pd.DataFrame(
+        {
+            "rlnDefocusU": [1e4, 2e4],
+            "rlnCtfScalefactor": [0.5, 2.0],
+            "rlnOpticsGroup": 1,
+        }
+    )
+    optics = pd.DataFrame(
+        {
+            "rlnOpticsGroup": [1],
+            "rlnVoltage": [300.0],
+            "rlnSphericalAberration": [2.7],
+            "rlnImagePixelSize": [1.5],
+        }
+    )
+    np.testing.assert_array_equal(Particles(data, optics).ctf.scale, [0.5, 2.0])
+    optics["rlnCtfScalefactor"] = 0.7
+    no_column = Particles(data.drop(columns="rlnCtfScalefactor"), optics)
+    np.testing.assert_array_equal(no_column.ctf.scale, [0.7, 0.7])
+    default = Particles(data.drop(columns="rlnCtfScalefactor"), optics.iloc[:, :4])
+    np.testing.assert_array_equal(default.ctf.scale, [1.0, 1.0])

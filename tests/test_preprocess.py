@@ -276,3 +276,14 @@ def test_phase_flip_restores_positive_contrast():
         phase_flip(np.concatenate([with_ctf, with_ctf]), ctf)
     with pytest.raises(TypeError, match="'ctf'"):
         phase_flip(with_ctf, {"defocus": 1})
+
+
+def test_crop_and_pad_refuse_to_guess_whether_a_cube_is_a_volume():
+    cube = np.random.default_rng(0).standard_normal((16, 16, 16))
+    for func, size in ((fourier_crop, 8), (fourier_pad, 24)):
+        with pytest.raises(ValueError, match=r"volume or a stack of 16 images.*ndim=3"):
+            func(cube, size)
+        assert func(cube, size, ndim=3).shape == (size,) * 3
+        assert func(cube, size, ndim=2).shape == (16, size, size)
+    # Not a cube: images, as before.
+    assert fourier_crop(cube[:5], 8).shape == (5, 8, 8)

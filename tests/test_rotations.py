@@ -248,3 +248,17 @@ def test_bad_other_inputs():
         rot.quat_to_matrix(np.array(["a", "b", "c", "d"]))
     with pytest.raises(ValueError, match="'n'"):
         rot.random_quaternions(-1)
+
+
+def test_psi_and_rot_stay_in_their_documented_range():
+    # atan2(-0.0, x < 0) is -180: RELION's range for rot and psi is (-180, 180].
+    angles = np.array(
+        [[10, 90, -180], [-180, 90, -180], [0, 0, -180], [0, 180, 180]], dtype=float
+    )
+    for dtype in (torch.float32, torch.float64):
+        q = rot.relion_euler_to_quat(torch.as_tensor(angles, dtype=dtype))
+        back = rot.quat_to_relion_euler(q).numpy()
+        assert np.all(back[:, [0, 2]] > -180) and np.all(back[:, [0, 2]] <= 180)
+        np.testing.assert_allclose(np.abs(back[:, 2]), 180.0, atol=1e-4)
+    many = rot.quat_to_relion_euler(rot.random_quaternions(5000, random_state=3))
+    assert many[:, [0, 2]].min() > -180 and many[:, [0, 2]].max() <= 180

@@ -20,6 +20,7 @@ The paper's workflow in five commands::
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -41,6 +42,13 @@ _EXAMPLES = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``skpose fit: error: ...``), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _floats(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
@@ -48,6 +56,31 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated numbers, got {text!r}"
         ) from None
+
+
+def _number(kind, minimum, *, strict: bool):
+    """An argparse type: ``kind(text)``, finite and above ``minimum``."""
+    bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+    what = "an integer" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {what} {bound}, got {text!r}"
+            ) from None
+        above = value > minimum if strict else value >= minimum
+        if not (math.isfinite(value) and above):
+            raise argparse.ArgumentTypeError(f"expected {what} {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+_POSITIVE_INT = _number(int, 0, strict=True)
+_POSITIVE = _number(float, 0, strict=True)
+_NON_NEGATIVE = _number(float, 0, strict=False)
 
 
 def _subparser(sub, name: str, help_text: str):
@@ -63,11 +96,24 @@ def _subparser(sub, name: str, help_text: str):
 def _add_simulate(sub) -> None:
     p = _subparser(sub, "simulate", "Simulate a RELION 3.1 particle set from a map.")
     p.add_argument("map", type=Path, help="cubic MRC map")
-    p.add_argument("--n", type=int, default=1000, help="particles (default 1000)")
-    p.add_argument("--snr", type=float, default=None, help="default: noiseless")
+    p.add_argument(
+        "--n", type=_POSITIVE_INT, default=1000, help="particles (default 1000)"
+    )
+    p.add_argument("--snr", type=_POSITIVE, default=None, help="default: noiseless")
     p.add_argument("--ctf", action="store_true", help="random defoci 1-2.5 um")
-    p.add_argument("--max-shift", type=float, default=0.0, help="pixels")
-    p.add_argument("--pixel-size", type=float, default=None, help="A (default: map's)")
+    p.add_argument(
+        "--max-shift", type=_NON_NEGATIVE, default=0.0, help="pixels, < box / 2"
+    )
+    p.add_argument(
+        "--pixel-size", type=_POSITIVE, default=None, help="A (default: map's)"
+    )
+    p.add_argument(
+        "--frequencies",
+        choices=["circle", "square"],
+        default="circle",
+        help="projector: RELION's Nyquist circle (default), or 'square', every "
+        "image frequency: accurate for maps with power up to Nyquist",
+    )
     p.add_argument("--poses", type=Path, help="draw poses from this STAR file")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", type=Path, required=True, help="output folder")
@@ -91,11 +137,13 @@ def _add_fit(sub) -> None:
     p.add_argument("--w", type=float, default=0.8, help="QD weight (default 0.8)")
     p.add_argument("--grid-w", type=_floats, help="grid-search these w values")
     p.add_argument("--grid-lr", type=_floats, help="grid-search these rates")
-    p.add_argument("--cv", type=int, default=3, help="folds of the grid search")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--max-iter", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--box", type=int, default=None, help="network input size")
+    p.add_argument(
+        "--cv", type=_number(int, 1, strict=True), default=3, help="grid-search folds"
+    )
+    p.add_argument("--lr", type=_POSITIVE, default=None)
+    p.add_argument("--max-iter", type=_POSITIVE_INT, default=2000)
+    p.add_argument("--batch-size", type=_POSITIVE_INT, default=None)
+    p.add_argument("--box", type=_POSITIVE_INT, default=None, help="network input size")
     p.add_argument(
         "--architecture",
         choices=["auto", "vgg16", "small"],
@@ -105,7 +153,7 @@ def _add_fit(sub) -> None:
     p.add_argument("--symmetry", default=None, help="e.g. D2 (symmetric QD loss)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--verbose", type=int, default=1)
+    p.add_argument("--verbose", type=_number(int, 0, strict=False), default=1)
 
 
 def _add_predict(sub) -> None:
@@ -124,8 +172,8 @@ def _add_predict(sub) -> None:
         default=None,
         help="the model's map, for --refine (default: the path recorded by fit)",
     )
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--max-open-files", type=int, default=32)
+    p.add_argument("--batch-size", type=_POSITIVE_INT, default=256)
+    p.add_argument("--max-open-files", type=_POSITIVE_INT, default=32)
 
 
 def _add_evaluate(sub) -> None:
@@ -150,7 +198,7 @@ def _add_reconstruct(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``skpose`` (one subparser per subcommand)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="skpose",
         description="Cryo-EM particle orientations with a neural network.",
         epilog="\n".join(f"  {e}" for e in _EXAMPLES.values()),

@@ -18,6 +18,7 @@ import functools
 import hashlib
 import importlib.util
 import json
+import math
 import os
 from pathlib import Path
 
@@ -34,12 +35,14 @@ from skpose.io import (
     load_particle_images,
     read_particles,
     read_volume,
+    require_unique_images,
     write_particles,
     write_volume,
 )
 from skpose.io._atomic import atomic_path, write_text
 
 _MODEL_FORMAT = "skpose-model-1"
+_MODEL_KEYS = ("estimator", "box_size", "pixel_size_angstrom", "map_sha256", "ctf")
 
 
 # --------------------------------------------------------------------------------------
@@ -50,7 +53,12 @@ _MODEL_FORMAT = "skpose-model-1"
 def simulate(args) -> None:
     """``skpose simulate``: a RELION 3.1 STAR + MRCS from a map."""
     volume, voxel = read_volume(args.map)
-    pixel = args.pixel_size or voxel or 1.0
+    pixel = voxel if args.pixel_size is None else args.pixel_size
+    if not pixel > 0:
+        raise ValueError(
+            f"MRC file '{args.map}' gives no voxel size (0 in its header): pass "
+            "--pixel-size."
+        )
     sim = skpose.simulate_particles(
         volume,
         args.n,
@@ -60,6 +68,7 @@ def simulate(args) -> None:
         poses=args.poses,
         pixel_size_angstrom=pixel,
         random_state=args.seed,
+        frequencies=args.frequencies,
     )
     star = sim.to_relion(Path(args.out) / "particles.star")
     print(f"wrote {len(sim)} particles to {star}")
@@ -69,8 +78,10 @@ def split(args) -> None:
     """``skpose split``: train.star (a random fraction) and rest.star."""
     if not 0 < args.fraction < 1:
         raise ValueError(f"--fraction must be in (0, 1), got {args.fraction}.")
-    particles = read_particles(args.particles)
+    particles = _read(args.particles, "splitting", unique=True)
     n = len(particles)
+    if n < 2:
+        raise ValueError(f"{particles.source} has 1 particle: nothing to split.")
     rng = np.random.default_rng(args.seed)
     train = np.sort(rng.choice(n, size=max(1, round(args.fraction * n)), replace=False))
     rest = np.setdiff1d(np.arange(n), train)
@@ -94,6 +105,33 @@ def _rebase_image_names(source, subset, out: Path) -> None:
         path = Path(file) if Path(file).is_absolute() else base / file
         names.append(f"{index}@{os.path.relpath(path.resolve(), out.resolve())}")
     subset.data["rlnImageName"] = names
+
+
+def _read(path, purpose: str, *, unique: bool = False):
+    """Particles for ``purpose``: at least one, and one row per image if ``unique``."""
+    particles = read_particles(path)
+    if len(particles) == 0:
+        raise ValueError(
+            f"{particles.source} has no particles (its particle table has 0 rows): "
+            f"nothing for {purpose}."
+        )
+    if unique:
+        require_unique_images(particles, purpose=purpose)
+    return particles
+
+
+def _refuse_blank(particles, rows, images) -> None:
+    """Refuse constant images (every pixel equal): they carry no orientation."""
+    flat = np.asarray(images).reshape(len(images), -1)
+    blank = np.flatnonzero(flat.min(axis=1) == flat.max(axis=1))
+    if len(blank):
+        row = int(np.asarray(rows)[blank[0]])
+        name = particles.data["rlnImageName"].iloc[row]
+        raise ValueError(
+            f"Row {row} ({name!r}) of {particles.source} is a constant image (every "
+            f"pixel {float(flat[blank[0], 0]):g}; {len(blank)} such image(s) in "
+            "this batch): a blank or unwritten particle; remove it."
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -128,13 +166,17 @@ def _estimator(args, volume_path: Path):
     if arch == "auto":
         arch = "vgg16" if torch.cuda.is_available() else "small"
     small = arch == "small"
+
+    def given(value, default):  # not "value or default": 0 is refused, not replaced
+        return default if value is None else value
+
     return skpose.OrientationEstimator(
         str(volume_path),
         w=args.w,
-        lr=args.lr or (1e-3 if small else 5e-5),
+        lr=given(args.lr, 1e-3 if small else 5e-5),
         max_iter=args.max_iter,
-        batch_size=args.batch_size or (32 if small else 24),
-        image_size=args.box or (32 if small else 128),
+        batch_size=given(args.batch_size, 32 if small else 24),
+        image_size=given(args.box, 32 if small else 128),
         architecture=arch,
         symmetry=args.symmetry,
         device=args.device,
@@ -170,8 +212,9 @@ def _save_model(args, est, images, particles, pixel, interrupted=None) -> None:
 
 def fit(args) -> None:
     """``skpose fit``: train (optionally grid-search w and lr) and save the model."""
-    particles, quats, pixel = _posed_particles(args.particles, "to train on")
+    particles, quats, pixel = _posed_particles(args.particles, "training", unique=True)
     images = load_particle_images(particles)
+    _refuse_blank(particles, np.arange(len(particles)), images)
     data = {"shifts_px": particles.origins_px}
     if _has_ctf(particles):
         data["ctf"] = particles.ctf  # the estimator phase-flips the images
@@ -215,7 +258,18 @@ def _load_model(path: Path) -> dict:
     if not isinstance(model, dict) or model.get("format") != _MODEL_FORMAT:
         raise ValueError(f"{path} is not a skpose model file (from 'skpose fit').")
     _safety.warn_if_partial(model, path)
+    missing = sorted(set(_MODEL_KEYS) - set(model))
+    if missing:
+        raise ValueError(
+            f"{path} is an incomplete skpose model file: it lacks {missing}; "
+            "write it again with skpose fit."
+        )
     est = model["estimator"]
+    if not isinstance(est, skpose.OrientationEstimator) or not hasattr(est, "net_"):
+        raise ValueError(
+            f"{path}: its 'estimator' is a {type(est).__name__}, not a fitted "
+            "OrientationEstimator; write it again with skpose fit."
+        )
     if getattr(est, "trained_with_ctf_", None) is None:  # saved before it was recorded
         est.trained_with_ctf_ = model.get("ctf") == "phase-flipped"
     return model
@@ -239,9 +293,13 @@ def _check_ctf_like_model(particles, model_path: Path, est) -> None:
 
 
 def _rescale_box(particles, model: dict) -> int | None:
-    """The box to Fourier-rescale particles to, or None when they already match."""
-    box, pixel = particles.box_size, _single_pixel_size(particles)
-    box = box or model["box_size"]
+    """The box to Fourier-rescale particles to, or None when they already match.
+
+    The particles' box is their first stack's (whose images the loader checks
+    against ``rlnImageSize``).
+    """
+    box = load_particle_images(particles, [0]).shape[-1]
+    pixel = _single_pixel_size(particles)
     m_box, m_pixel = model["box_size"], model["pixel_size_angstrom"]
     if box == m_box and abs(pixel - m_pixel) <= 0.01 * m_pixel:
         return None  # within 1 %: see _single_pixel_size
@@ -286,7 +344,7 @@ def predict(args) -> None:
     _safety.check_not_inputs(args, {"map": args.volume or model["estimator"].volume})
     est = _refining(model, args.volume) if args.refine else model["estimator"]
     est.set_params(verbose=0)  # one progress bar below, not one per batch
-    particles = read_particles(args.particles)
+    particles = _read(args.particles, "predicting")
     target = _rescale_box(particles, model)
     _check_ctf_like_model(particles, args.model, est)
     n = len(particles)
@@ -300,6 +358,7 @@ def predict(args) -> None:
     total = -(-n // args.batch_size)
     progress = tqdm(batches, total=total, desc="predict", unit="batch", disable=None)
     for rows, raw in progress:
+        _refuse_blank(particles, rows, raw)
         factor = 1.0 if target is None else target / raw.shape[-1]
         if target is not None:
             raw = fourier_resize(raw, target)
@@ -362,8 +421,8 @@ def _paired_rows(predicted, reference) -> tuple[np.ndarray, np.ndarray]:
 def evaluate(args) -> None:
     """``skpose evaluate``: angular errors, reprojection RMSE, plots, in a folder."""
     predicted, reference = (
-        read_particles(args.predicted),
-        read_particles(args.reference),
+        _read(args.predicted, "evaluation", unique=True),
+        _read(args.reference, "evaluation", unique=True),
     )
     for table in (predicted, reference):
         if table.quaternions is None:
@@ -425,12 +484,15 @@ def _evaluation_plots(out, errors, q_true, q_pred, reference, rows, volume, args
 # --------------------------------------------------------------------------------------
 
 
-def _posed_particles(path, purpose: str):
+def _posed_particles(path, purpose: str, *, unique: bool = False):
     """Particles with angles, their quaternions, and their single pixel size."""
-    particles = read_particles(path)
+    particles = _read(path, purpose, unique=unique)
     quats = particles.quaternions
     if quats is None:
-        raise ValueError(f"{particles.source} has no rlnAngleRot/Tilt/Psi {purpose}.")
+        raise ValueError(
+            f"{particles.source} has no rlnAngleRot/Tilt/Psi columns (needed for "
+            f"{purpose})."
+        )
     return particles, quats, _single_pixel_size(particles)
 
 
@@ -469,10 +531,15 @@ def reconstruct(args) -> None:
     """
     from skpose.imaging import reconstruction
 
-    particles, quats, pixel = _posed_particles(args.particles, "columns")
+    particles, quats, pixel = _posed_particles(args.particles, "reconstruction")
     n = len(particles)
     ctf = None if args.no_ctf or not _has_ctf(particles) else particles.ctf
     halves = reconstruction.random_halves(n, args.seed) if args.half_maps else None
+    if halves is not None and not ((halves == 1).any() and (halves == 2).any()):
+        raise ValueError(
+            f"--half-maps needs particles in both random halves; {particles.source} "
+            f"has {n} particle(s)."
+        )
     maps = _stream_reconstruct(particles, quats, ctf, args.symmetry, halves)
     volume = maps["full"]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -497,17 +564,24 @@ def reconstruct(args) -> None:
         _fsc_plot(report, path.with_suffix(".png"))
         for name, entry in report.items():
             res = entry["resolution_angstrom"]
-            if min(entry["fsc"]) >= 0.143:
+            if res is None:
+                print(
+                    f"FSC ({name}) is below 0.143 from the first shell on: the maps "
+                    "do not agree at any resolution"
+                )
+            elif min(entry["fsc"]) >= 0.143:
                 print(f"FSC ({name}) stays above 0.143 up to Nyquist ({res:.2f} A)")
             else:
                 print(f"FSC ({name}) crosses 0.143 at {res:.2f} A")
 
 
 def _fsc_entry(reconstruction, freq, curve) -> dict:
+    """The FSC curve and its 0.143 resolution (None, JSON null, where there is none)."""
+    res = float(reconstruction.resolution_at(freq, curve))
     return {
         "frequency_per_angstrom": np.asarray(freq).tolist(),
         "fsc": np.asarray(curve).tolist(),
-        "resolution_angstrom": float(reconstruction.resolution_at(freq, curve)),
+        "resolution_angstrom": res if math.isfinite(res) else None,
     }
 
 

@@ -384,7 +384,11 @@ def matrix_to_relion_euler(matrix):
     tilt = torch.where(locked, torch.where(up, 0.0 * tilt, 0.0 * tilt + math.pi), tilt)
     rot = torch.where(locked, torch.zeros_like(rot), rot)
     psi = torch.where(locked, psi_locked, psi)
-    return torch.rad2deg(torch.stack((rot, tilt, psi), dim=-1))
+    angles = torch.rad2deg(torch.stack((rot, tilt, psi), dim=-1))
+    # atan2 returns -180 for (-0.0, x < 0): the documented range is (-180, 180].
+    wrap = torch.zeros_like(angles)
+    wrap[..., 0::2] = 360.0
+    return torch.where(angles <= -180.0, angles + wrap, angles)
 
 
 @numpy_edge

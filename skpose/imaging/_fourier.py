@@ -76,8 +76,11 @@ def frequency_grid(
     )
 
 
-def nyquist_half_plane(box_size: int, *, dtype=None, device=None):
+def nyquist_half_plane(box_size: int, *, square: bool = False, dtype=None, device=None):
     """The ``rfft2`` frequencies of an ``N`` box in the Nyquist circle ``|k| <= N / 2``.
+
+    With ``square=True``, every frequency of the half plane (the projector's accurate
+    mode, ``frequencies="square"``).
 
     Returns
     -------
@@ -89,6 +92,8 @@ def nyquist_half_plane(box_size: int, *, dtype=None, device=None):
     n = int(box_size)
     gy, gx = frequency_grid(n, dtype=dtype, device=device)
     inside = ((gx**2 + gy**2) <= (n / 2) ** 2).reshape(-1)
+    if square:
+        inside = torch.ones_like(inside)
     k2d = torch.stack((gx, gy), dim=-1).reshape(-1, 2)[inside]
     return torch.nonzero(inside).squeeze(1), k2d
 

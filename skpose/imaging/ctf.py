@@ -6,13 +6,15 @@ The formula is RELION's ``CTF::getCTF`` (``src/ctf.h``)::
     df(a)  = -(dU + dV)/2 - (dU - dV)/2 cos(2 (a - angle))  [Angstrom]
     chi    = pi lambda df |k|^2 + pi/2 Cs lambda^3 |k|^4
              - phase_shift - atan(Q0 / sqrt(1 - Q0^2))
-    CTF    = -sin(chi) exp(-B |k|^2 / 4)
+    CTF    = scale * -sin(chi) exp(-B |k|^2 / 4)
 
 with ``k = (kx, ky)`` in 1/Angstrom, ``a = atan2(ky, kx)`` measured from the image's x
 axis, ``dU, dV`` = ``rlnDefocusU, rlnDefocusV`` (Angstrom, positive underfocus),
 ``angle`` = ``rlnDefocusAngle``, ``Cs`` = ``rlnSphericalAberration`` (mm, converted
 to Angstrom), ``Q0`` = ``rlnAmplitudeContrast`` and ``phase_shift`` =
-``rlnPhaseShift`` (degrees). At ``k = 0`` the CTF equals ``Q0`` (> 0).
+``rlnPhaseShift`` (degrees) and ``scale`` = ``rlnCtfScalefactor`` (RELION's
+``CTF::scale``, default 1; ``getCTF`` returns ``scale * retval``). At ``k = 0`` the CTF
+equals ``scale * Q0`` (> 0).
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ class CTFParams:
         ``rlnPhaseShift`` (degrees).
     bfactor : float or array
         ``rlnCtfBfactor`` (Angstrom^2); 0 for none.
+    scale : float or array
+        ``rlnCtfScalefactor``: multiplies the whole CTF, as RELION's ``CTF::getCTF``
+        does (> 0; default 1).
     """
 
     defocus_u_angstrom: np.ndarray
@@ -65,6 +70,7 @@ class CTFParams:
     amplitude_contrast: np.ndarray = 0.1
     phase_shift_deg: np.ndarray = 0.0
     bfactor: np.ndarray = 0.0
+    scale: np.ndarray = 1.0
 
     def __len__(self) -> int:
         return int(np.broadcast(*[np.asarray(v) for v in self.as_dict().values()]).size)
@@ -190,6 +196,8 @@ def compute_ctf(params: CTFParams, box_size: int, *, dtype=torch.float32, device
         raise ValueError("Expected CTF 'pixel_size_angstrom' > 0.")
     if ((f["amplitude_contrast"] < 0) | (f["amplitude_contrast"] >= 1)).any():
         raise ValueError("Expected CTF 'amplitude_contrast' in [0, 1).")
+    if not (torch.isfinite(f["scale"]).all() and (f["scale"] > 0).all()):
+        raise ValueError("Expected CTF 'scale' (rlnCtfScalefactor) finite and > 0.")
     ky, kx = frequency_grid(
         box_size, half=False, cycles_per="pixel", dtype=dtype, device=device
     )
@@ -212,4 +220,4 @@ def compute_ctf(params: CTFParams, box_size: int, *, dtype=torch.float32, device
         - torch.deg2rad(f["phase_shift_deg"])
         - torch.atan(q0 / torch.sqrt(1 - q0 * q0))
     )
-    return -torch.sin(chi) * torch.exp(-f["bfactor"] / 4 * k2)
+    return -f["scale"] * torch.sin(chi) * torch.exp(-f["bfactor"] / 4 * k2)

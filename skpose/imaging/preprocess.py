@@ -162,14 +162,34 @@ def fourier_resize(x, new_size: int, *, ndim: int = 2, centered: bool = True):
     return back_like((out * (m / n) ** ndim).to(t.dtype), x)
 
 
-def fourier_crop(x, new_size: int, *, ndim: int = 2, centered: bool = True):
+def _resolve_ndim(x, ndim, func: str) -> int:
+    """``ndim`` if given, else 2 unless ``x`` is a cube (volume or N images of N px)."""
+    if ndim is not None:
+        return ndim
+    shape = np.shape(x)
+    if len(shape) == 3 and shape[0] == shape[1] == shape[2]:
+        raise ValueError(
+            f"{func}: 'x' of shape {shape} is a volume or a stack of {shape[0]} "
+            "images, which its shape cannot tell: pass ndim=3 for a volume or ndim=2 "
+            "for images."
+        )
+    return 2
+
+
+def fourier_crop(x, new_size: int, *, ndim: int | None = None, centered: bool = True):
     """Downsample by Fourier cropping: :func:`fourier_resize` with ``new_size <= N``.
+
+    ``ndim`` (2: images, 3: volumes) defaults to 2, except for an array of shape
+    ``(N, N, N)``, which may be either: then it must be given.
 
     Examples
     --------
     >>> fourier_crop(np.zeros((2, 64, 64)), 32).shape
     (2, 32, 32)
+    >>> fourier_crop(np.zeros((64, 64, 64)), 32, ndim=3).shape
+    (32, 32, 32)
     """
+    ndim = _resolve_ndim(x, ndim, "fourier_crop")
     size = np.shape(x)[-1] if np.ndim(x) else 0
     if isinstance(new_size, (int, np.integer)) and new_size > size:
         raise ValueError(
@@ -178,14 +198,17 @@ def fourier_crop(x, new_size: int, *, ndim: int = 2, centered: bool = True):
     return fourier_resize(x, new_size, ndim=ndim, centered=centered)
 
 
-def fourier_pad(x, new_size: int, *, ndim: int = 2, centered: bool = True):
+def fourier_pad(x, new_size: int, *, ndim: int | None = None, centered: bool = True):
     """Upsample by Fourier zero-padding: :func:`fourier_resize` with ``new_size >= N``.
+
+    ``ndim`` defaults as in :func:`fourier_crop`.
 
     Examples
     --------
     >>> fourier_pad(np.zeros((2, 32, 32)), 64).shape
     (2, 64, 64)
     """
+    ndim = _resolve_ndim(x, ndim, "fourier_pad")
     size = np.shape(x)[-1] if np.ndim(x) else 0
     if isinstance(new_size, (int, np.integer)) and new_size < size:
         raise ValueError(

@@ -20,6 +20,8 @@ transform is the separable ``sinc^2`` per axis where RELION uses the radial
 ``sinc^2(|r| / P)``: up to 0.3 % apart within the sphere ``|r| <= N / 2`` and 3 % at
 the box corners for ``pad = 2`` (``docs/conventions.md``).
 :meth:`FourierProjector.sample_slices` samples the same slices at any frequencies.
+``frequencies="square"`` keeps every frequency of the image grid instead: the accurate
+mode for maps with power up to Nyquist (``docs/conventions.md``).
 
 :func:`project_real_space` rotates the volume in real space (trilinear) and sums along
 ``z``: slow, simple, and independent of the Fourier path. Tests compare the two.
@@ -75,6 +77,13 @@ class FourierProjector:
     gridding_correction : bool, default True
         Pre-divide by the trilinear kernel's real-space transform, as RELION does, but
         separable: ``sinc^2`` per axis where RELION's is radial (module docstring).
+    frequencies : {"circle", "square"}, default "circle"
+        Which image frequencies to sample: ``"circle"`` keeps ``|k| <= N / 2`` and
+        zeroes the corners of the spectrum, as RELION does; ``"square"`` keeps every
+        frequency of the ``N x N`` image grid (3-D samples beyond the volume's own
+        frequency cube are zero). ``"square"`` is the accurate mode for maps with
+        power up to Nyquist (small boxes, Fourier-cropped maps): see
+        ``docs/conventions.md`` for when it matters.
 
     Examples
     --------
@@ -85,10 +94,23 @@ class FourierProjector:
     ((1, 16, 16), 1.0)
     """
 
-    def __init__(self, volume, pad: int = 2, gridding_correction: bool = True):
+    def __init__(
+        self,
+        volume,
+        pad: int = 2,
+        gridding_correction: bool = True,
+        *,
+        frequencies: str = "circle",
+    ):
         vol = check_volume(volume)
         if not isinstance(pad, int) or pad < 1:
             raise ValueError(f"Expected 'pad' to be an integer >= 1, got {pad!r}.")
+        if frequencies not in ("circle", "square"):
+            raise ValueError(
+                "Expected 'frequencies' to be 'circle' or 'square', got "
+                f"{frequencies!r}."
+            )
+        self.frequencies = frequencies
         self.box_size = vol.shape[-1]
         self.pad = pad
         self.padded_size = pad * self.box_size
@@ -133,11 +155,17 @@ class FourierProjector:
         """Half-plane central slices ``F_V(R^T k)``, shape ``(n, N, N // 2 + 1)``.
 
         Frequencies are in ``torch.fft.rfft2`` layout with the real-space origin at
-        index 0; values outside the Nyquist circle are zero (and are never sampled).
+        index 0; with ``frequencies="circle"``, values outside the Nyquist circle are
+        zero (and are never sampled).
         """
         n = self.box_size
         if self._inside is None:  # frequencies sampled, cached
-            self._inside = nyquist_half_plane(n, dtype=self.dtype, device=self.device)
+            self._inside = nyquist_half_plane(
+                n,
+                square=self.frequencies == "square",
+                dtype=self.dtype,
+                device=self.device,
+            )
         index, k2d = self._inside  # (K,), (K, 2) in cycles per box
         values = self.sample_slices(quat[:, None, :], k2d)  # (b, K)
         out = values.new_zeros(quat.shape[0], n * (n // 2 + 1))
@@ -254,16 +282,18 @@ def _ctf_half(ctf, n: int, box_size: int, like: torch.Tensor) -> torch.Tensor:
     return values[..., : box_size // 2 + 1]
 
 
-def _get_projector(volume_in, volume: torch.Tensor, pad: int) -> FourierProjector:
-    """The cached projector of a volume, built once per volume, device, dtype, pad.
+def _get_projector(
+    volume_in, volume: torch.Tensor, pad: int, frequencies: str = "circle"
+) -> FourierProjector:
+    """The cached projector of a volume, per volume, device, dtype, pad, frequencies.
 
     A tensor is recognised by identity (a weak reference, so a freed tensor whose
     memory is reused is never mistaken for it) and its version counter (in-place
     changes invalidate the entry); an array by a digest of its bytes.
     """
     if volume.requires_grad:
-        return FourierProjector(volume, pad=pad)
-    meta = (tuple(volume.shape), volume.dtype, str(volume.device), pad)
+        return FourierProjector(volume, pad=pad, frequencies=frequencies)
+    meta = (tuple(volume.shape), volume.dtype, str(volume.device), pad, frequencies)
     if isinstance(volume_in, torch.Tensor):
         key = ("tensor", id(volume_in), volume_in._version, *meta)
     else:
@@ -273,7 +303,7 @@ def _get_projector(volume_in, volume: torch.Tensor, pad: int) -> FourierProjecto
     if entry is not None and (entry[0] is None or entry[0]() is volume_in):
         _cache.move_to_end(key)
         return entry[1]
-    proj = FourierProjector(volume, pad=pad)
+    proj = FourierProjector(volume, pad=pad, frequencies=frequencies)
     ref = weakref.ref(volume_in) if isinstance(volume_in, torch.Tensor) else None
     _cache[key] = (ref, proj)
     while len(_cache) > _CACHE_SIZE:
@@ -281,7 +311,15 @@ def _get_projector(volume_in, volume: torch.Tensor, pad: int) -> FourierProjecto
     return proj
 
 
-def project(volume, quaternions, shifts_px=None, ctf=None, *, pad: int = 2):
+def project(
+    volume,
+    quaternions,
+    shifts_px=None,
+    ctf=None,
+    *,
+    pad: int = 2,
+    frequencies: str = "circle",
+):
     """Project a volume at many orientations (Fourier-slice, differentiable).
 
     Parameters
@@ -298,6 +336,9 @@ def project(volume, quaternions, shifts_px=None, ctf=None, *, pad: int = 2):
         Multiplies each image's transform (``fft2`` layout).
     pad : int, default 2
         Zero-padding factor of the volume before its FFT.
+    frequencies : {"circle", "square"}, default "circle"
+        ``"circle"``: RELION's ``|k| <= N / 2``; ``"square"``: every frequency of the
+        image grid, the accurate mode (see :class:`FourierProjector`).
 
     Returns
     -------
@@ -313,7 +354,7 @@ def project(volume, quaternions, shifts_px=None, ctf=None, *, pad: int = 2):
     torch.Size([1, 16, 16])
     """
     vol = check_volume(volume)
-    out = _get_projector(volume, vol, pad)(quaternions, shifts_px, ctf)
+    out = _get_projector(volume, vol, pad, frequencies)(quaternions, shifts_px, ctf)
     return back_like(out, volume)
 
 

@@ -12,7 +12,7 @@ Examples
 --------
 >>> import numpy as np, tempfile, os
 >>> folder = tempfile.mkdtemp()
->>> write_volume(os.path.join(folder, "v.mrc"), np.zeros((8, 8, 8)), 2.5)
+>>> write_volume(os.path.join(folder, "v.mrc"), np.random.rand(8, 8, 8), 2.5)
 >>> volume, voxel_size = read_volume(os.path.join(folder, "v.mrc"))
 >>> volume.shape, voxel_size
 ((8, 8, 8), 2.5)
@@ -28,7 +28,7 @@ from skpose.io._mrc import (
     write_images,
     write_volume,
 )
-from skpose.io._star import Particles, require_columns
+from skpose.io._star import Particles, require_columns, require_unique_images
 from skpose.io._star_io import read_particles, write_particles
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "read_particles",
     "read_volume",
     "require_columns",
+    "require_unique_images",
     "write_images",
     "write_particles",
     "write_volume",

@@ -46,10 +46,31 @@ def _open_permissive(path: Path, opener):
     return mrc
 
 
-def _read_mrc(path, *, mmap: bool) -> tuple[np.ndarray, float]:
-    """Read an MRC file's data and voxel size (Angstrom, x axis; 0 if unset).
+def _label(path: Path, header) -> tuple[str | None, str]:
+    """What the file says it holds: ("stack" | "volume" | None, why).
 
-    The data is a read-only memmap when ``mmap``.
+    RELION tells stacks from maps by the name (``.mrcs`` stacks, ``.mrc`` maps; it
+    refuses ``N@file.mrc``); MRC2014 by the header (space group 0 and ``mz = 1``: an
+    image stack; space group 1-230: a volume). Real files break the header rule both
+    ways (RELION and cryoSPARC write stacks with ``mz = nz``, some maps carry space
+    group 0), so only these count: a ``.mrcs`` name or a stack header is a stack; a
+    volume space group in a file not named ``.mrcs`` is a map; anything else is
+    unlabelled and read either way.
+    """
+    ispg, nz, mz = int(header.ispg), int(header.nz), int(header.mz)
+    if path.suffix.lower() == ".mrcs":
+        return "stack", "its name ends in .mrcs, RELION's mark of a stack"
+    if ispg == 0 and mz == 1 < nz:
+        return "stack", f"its header says so: space group 0, mz = 1 for {nz} sections"
+    if 1 <= ispg <= 230 and nz > 1:
+        return "volume", f"its header's space group is {ispg}, a volume's"
+    return None, ""
+
+
+def _read_mrc(path, *, mmap: bool) -> tuple[np.ndarray, float, tuple]:
+    """Read an MRC file's data, voxel size (Angstrom, x axis; 0 if unset) and label.
+
+    The data is a read-only memmap when ``mmap``; the label is :func:`_label`'s.
     """
     path = Path(path)
     if not path.is_file():
@@ -68,7 +89,8 @@ def _read_mrc(path, *, mmap: bool) -> tuple[np.ndarray, float]:
         raise ValueError(f"'{path}' is not a readable MRC file: {exc}") from exc
     with mrc:
         data, voxel_size = mrc.data, float(mrc.voxel_size.x)
-    return data, voxel_size
+        label = _label(path, mrc.header)
+    return data, voxel_size, label
 
 
 def read_volume(path) -> tuple[np.ndarray, float]:
@@ -91,15 +113,29 @@ def read_volume(path) -> tuple[np.ndarray, float]:
     FileNotFoundError
         When the file does not exist.
     ValueError
-        When it is not a readable MRC file (or is truncated), or not cubic.
+        When it is not a readable MRC file (or is truncated), not cubic, labelled as
+        an image stack (a ``.mrcs`` name, or the MRC2014 stack header: space group 0
+        with ``mz = 1``), or constant (every voxel equal: nothing to project).
     """
-    data, voxel_size = _read_mrc(path, mmap=False)
+    data, voxel_size, (kind, why) = _read_mrc(path, mmap=False)
+    if kind == "stack":
+        raise ValueError(
+            f"MRC file '{path}' is an image stack ({why}), not a 3-D map: pass the "
+            "map (RELION names maps .mrc and particle stacks .mrcs)."
+        )
     if data.ndim != 3 or not (data.shape[0] == data.shape[1] == data.shape[2]):
         raise ValueError(
             f"Expected MRC file '{path}' to hold a cubic volume (N, N, N), got shape "
             f"{data.shape}."
         )
-    return np.array(data, dtype=np.float32), voxel_size
+    volume = np.array(data, dtype=np.float32)
+    if volume.size and volume.min() == volume.max():
+        raise ValueError(
+            f"MRC file '{path}' holds a constant map (every voxel is "
+            f"{float(volume.flat[0]):g}): its projections carry no orientation, and "
+            "every pose would score alike."
+        )
+    return volume, voxel_size
 
 
 def write_volume(path, volume, voxel_size_angstrom: float = 1.0) -> None:
@@ -168,9 +204,17 @@ def read_images(path, *, mmap: bool = True) -> np.ndarray:
     Raises
     ------
     FileNotFoundError, ValueError
-        Missing file; not a readable MRC file; images not square.
+        Missing file; not a readable MRC file; images not square; labelled as a 3-D
+        map (a volume's space group in a file not named ``.mrcs``; RELION reads
+        particle images only from ``.mrcs`` stacks).
     """
-    data, _ = _read_mrc(path, mmap=mmap)
+    data, _, (kind, why) = _read_mrc(path, mmap=mmap)
+    if kind == "volume":
+        raise ValueError(
+            f"MRC file '{path}' is a 3-D map ({why}, and its name does not end in "
+            ".mrcs), not an image stack: particle images are read from stacks "
+            "(RELION, too, refuses 'N@file.mrc'); name a stack .mrcs."
+        )
     if data.ndim == 2:
         data = data[None]
     if data.ndim != 3 or data.shape[1] != data.shape[2]:
@@ -311,6 +355,8 @@ class ParticleImageLoader:
             raise FileNotFoundError(
                 f"Image stack '{file}' (referenced by {where}) does not exist."
             ) from exc
+        except ValueError as exc:
+            raise ValueError(f"{exc} (Referenced by {where}.)") from exc
 
     def close(self) -> None:
         """Release every open stack."""
@@ -357,6 +403,9 @@ class _ImageRefs:
         self.indices = particles.image_indices
         self.names = particles.data["rlnImageName"].to_numpy()
         self.source = particles.source
+        self.sizes = None  # rlnImageSize per row, when the table gives it
+        if particles.has_column("rlnImageSize"):
+            self.sizes = particles._float_column("rlnImageSize")
 
     def load(self, selected: np.ndarray, loader: ParticleImageLoader) -> np.ndarray:
         def context(i):
@@ -364,7 +413,18 @@ class _ImageRefs:
             return f"row {row} ({self.names[row]!r}) of {self.source}"
 
         stacks = [self.files[r] for r in selected]
-        return loader.load(stacks, self.indices[selected], context=context)
+        images = loader.load(stacks, self.indices[selected], context=context)
+        if self.sizes is not None and len(selected):
+            wrong = np.flatnonzero(self.sizes[selected] != images.shape[-1])
+            if len(wrong):
+                i = int(wrong[0])
+                raise ValueError(
+                    f"rlnImageSize of {context(i)} is {self.sizes[selected[i]]:g} px, "
+                    f"but its stack '{stacks[i]}' holds {images.shape[-1]} px images: "
+                    "the table does not describe these images (fix rlnImageSize or "
+                    "point rlnImageName to the right stack)."
+                )
+        return images
 
 
 def load_particle_images(

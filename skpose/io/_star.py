@@ -27,7 +27,7 @@ import pandas as pd
 from skpose.geometry.rotations import relion_euler_to_quat
 from skpose.imaging.ctf import CTFParams
 
-__all__ = ["Particles", "require_columns"]
+__all__ = ["Particles", "require_columns", "require_unique_images"]
 
 VERSIONS = ("3.0", "3.1", "5.0")
 ANGLE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
@@ -38,12 +38,17 @@ PIXEL_SIZE_HELP = (
 
 
 def _group_keys(values) -> np.ndarray:
-    """Optics group ids as strings ("1", not "1.0"), for matching the two tables."""
+    """Optics group ids as strings ("1", not "1.0"), for matching the two tables.
+
+    Whole numbers lose their ".0" one by one, so that one missing value (NaN, e.g. a
+    row cut short) is reported on its own row instead of turning every id into "1.0".
+    """
     arr = np.asarray(values)
-    if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)):
-        if np.all(arr == np.round(arr)):
-            arr = arr.astype(np.int64)
-    return arr.astype(str)
+    keys = arr.astype(str)
+    if np.issubdtype(arr.dtype, np.floating):
+        whole = np.isfinite(arr) & (arr == np.round(arr))
+        keys[whole] = arr[whole].astype(np.int64).astype(str)
+    return keys
 
 
 @dataclass
@@ -132,14 +137,22 @@ class Particles:
             return self.data[name].to_numpy()
         return self.optics[name].to_numpy()[self._optics_rows()]
 
-    def _float_column(self, name: str) -> np.ndarray:
+    def _float_column(self, name: str, *, finite: bool = False) -> np.ndarray:
         values = self.column(name)
         try:
-            return np.asarray(values, dtype=np.float64)
+            values = np.asarray(values, dtype=np.float64)
         except (TypeError, ValueError) as exc:
             raise ValueError(
                 f"Column '{name}' of {self.source} holds non-numeric values."
             ) from exc
+        bad = ~np.isfinite(values) if finite else ()
+        if np.any(bad):
+            row = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"Row {row} of {self.source} has {name} = {values[row]}; expected a "
+                f"finite number ({int(np.sum(bad))} row(s) are not)."
+            )
+        return values
 
     def _group_ids(self) -> tuple[np.ndarray, np.ndarray]:
         groups = _group_keys(self.optics["rlnOpticsGroup"])
@@ -250,7 +263,8 @@ class Particles:
         """
         if self.has_column("rlnOriginXAngst") and self.has_column("rlnOriginYAngst"):
             angst = np.stack(
-                [self._float_column(f"rlnOrigin{a}Angst") for a in "XY"], axis=1
+                [self._float_column(f"rlnOrigin{a}Angst", finite=True) for a in "XY"],
+                axis=1,
             )
             pixel = self.pixel_size_angstrom[:, None]
             unknown = np.isnan(pixel[:, 0]) & (angst != 0).any(axis=1)
@@ -262,7 +276,9 @@ class Particles:
             with np.errstate(invalid="ignore"):
                 return np.where(angst == 0, 0.0, angst / pixel)
         if self.has_column("rlnOriginX") and self.has_column("rlnOriginY"):
-            return np.stack([self._float_column(f"rlnOrigin{a}") for a in "XY"], axis=1)
+            return np.stack(
+                [self._float_column(f"rlnOrigin{a}", finite=True) for a in "XY"], axis=1
+            )
         return np.zeros((len(self), 2))
 
     @property
@@ -273,7 +289,9 @@ class Particles:
         """
         if not all(self.has_column(c) for c in ANGLE_COLUMNS):
             return None
-        return np.stack([self._float_column(c) for c in ANGLE_COLUMNS], axis=1)
+        return np.stack(
+            [self._float_column(c, finite=True) for c in ANGLE_COLUMNS], axis=1
+        )
 
     @property
     def quaternions(self) -> np.ndarray | None:
@@ -296,7 +314,9 @@ class Particles:
         ``rlnDefocusU``, ``rlnVoltage`` and ``rlnSphericalAberration`` are required
         (per particle or optics group). Missing others take RELION's own defaults
         (``CTF::read``): ``rlnDefocusV`` = ``rlnDefocusU``; ``rlnDefocusAngle``,
-        ``rlnAmplitudeContrast``, ``rlnPhaseShift`` and ``rlnCtfBfactor`` = 0.
+        ``rlnAmplitudeContrast``, ``rlnPhaseShift`` and ``rlnCtfBfactor`` = 0;
+        ``rlnCtfScalefactor`` = 1 (it multiplies the CTF, as in RELION). Every value
+        must be finite (the error names the row and column).
         """
         require_columns(self, _CTF_COLUMNS, purpose="the CTF")
         pixel = self.pixel_size_angstrom
@@ -304,11 +324,11 @@ class Particles:
             raise ValueError(
                 f"{self.source} gives no pixel size ({PIXEL_SIZE_HELP}) for the CTF."
             )
-        defocus_u = self._float_column("rlnDefocusU")
+        defocus_u = self._float_column("rlnDefocusU", finite=True)
 
         def optional(name, default):
             if self.has_column(name):
-                return self._float_column(name)
+                return self._float_column(name, finite=True)
             return np.broadcast_to(default, (len(self),)).astype(np.float64)
 
         return CTFParams(
@@ -316,11 +336,12 @@ class Particles:
             defocus_v_angstrom=optional("rlnDefocusV", defocus_u),
             defocus_angle_deg=optional("rlnDefocusAngle", 0.0),
             pixel_size_angstrom=pixel,
-            voltage_kv=self._float_column("rlnVoltage"),
-            cs_mm=self._float_column("rlnSphericalAberration"),
+            voltage_kv=self._float_column("rlnVoltage", finite=True),
+            cs_mm=self._float_column("rlnSphericalAberration", finite=True),
             amplitude_contrast=optional("rlnAmplitudeContrast", 0.0),
             phase_shift_deg=optional("rlnPhaseShift", 0.0),
             bfactor=optional("rlnCtfBfactor", 0.0),
+            scale=optional("rlnCtfScalefactor", 1.0),
         )
 
     @property
@@ -382,3 +403,43 @@ def require_columns(particles: Particles, columns, *, purpose: str | None = None
         plural = "s" if len(missing) > 1 else ""
         why = f" (needed for {purpose})" if purpose else ""
         raise ValueError(f"{particles.source} has no column{plural} {names}{why}.")
+
+
+def require_unique_images(particles: Particles, *, purpose: str | None = None):
+    """Raise ``ValueError`` when two rows name the same particle image.
+
+    Images are compared as (stack path resolved against the STAR file's folder,
+    index), so ``1@a.mrcs`` and ``000001@./a.mrcs`` are the same image. A table
+    without ``rlnImageName`` passes.
+
+    Parameters
+    ----------
+    particles : Particles
+    purpose : str, optional
+        What needs one row per image, added to the message.
+
+    Raises
+    ------
+    ValueError
+        Naming the file, the image name and the two (0-based) rows.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> table = Particles(pd.DataFrame({"rlnImageName": ["1@a.mrcs", "2@a.mrcs"]}))
+    >>> require_unique_images(table)
+    """
+    split = particles._split_image_names()
+    if split is None:
+        return
+    first: dict = {}
+    for row, key in enumerate(zip(split[0], split[1].tolist(), strict=True)):
+        seen = first.setdefault(key, row)
+        if seen != row:
+            name = particles.data["rlnImageName"].iloc[row]
+            why = f" {purpose} needs one row per image:" if purpose else ""
+            raise ValueError(
+                f"{particles.source} lists particle image {name!r} twice, in rows "
+                f"{seen} and {row} (0-based; a symmetry-expanded or concatenated "
+                f"set?);{why} keep one row per image."
+            )

@@ -13,6 +13,7 @@ from skpose._validation import to_numpy
 from skpose.geometry.rotations import quat_to_relion_euler
 from skpose.io._atomic import atomic_path
 from skpose.io._star import ANGLE_COLUMNS, PIXEL_SIZE_HELP, Particles
+from skpose.io._star_check import check_star_structure, refuse_cryosparc
 
 __all__ = ["read_particles", "write_particles"]
 
@@ -83,12 +84,17 @@ def read_particles(path) -> Particles:
     FileNotFoundError
         When the file does not exist.
     ValueError
-        When it cannot be parsed, has no table, or a particle refers to an optics group
-        that the optics block does not define.
+        When it cannot be parsed, has no table, a data row has fewer or more fields
+        than its table has columns, it ends inside a value (see
+        :mod:`skpose.io._star_check` for what a truncated file shows and what it does
+        not), it is a cryoSPARC ``.cs`` file (read those with :func:`read_cryosparc`),
+        or a particle refers to an optics group that the optics block does not define.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"STAR file '{path}' does not exist.")
+    refuse_cryosparc(path)
+    check_star_structure(path)
     try:
         blocks = starfile.read(path, always_dict=True)
     except Exception as exc:

@@ -137,7 +137,15 @@ def weighted_loss(
     Returns
     -------
     torch.Tensor, scalar
+
+    Raises
+    ------
+    ValueError
+        When ``q_pred`` holds NaN or inf (training diverged) or zero quaternions
+        (blank inputs): the message names the network's predictions, not the
+        training labels.
     """
+    _check_predictions(q_pred)
     if symmetry is None or symmetry.upper() == "C1":
         qd = qd_loss(q_pred, q_true)
     else:
@@ -148,6 +156,26 @@ def weighted_loss(
         raise ValueError("weighted_loss needs a 'projector' when w < 1.")
     reproj = reprojection_l1_loss(projector, q_pred, q_true, shifts_px, scale=scale)
     return w * qd + (1 - w) * reproj
+
+
+def _check_predictions(q_pred: torch.Tensor) -> None:
+    """Refuse network outputs that are not rotations, saying why they are not."""
+    with torch.no_grad():
+        finite = torch.isfinite(q_pred).all(dim=-1)
+        zero = torch.linalg.vector_norm(q_pred.nan_to_num(1.0), dim=-1) < 1e-12
+        n_bad, n_zero = int((~finite).sum()), int(zero.sum())
+    if n_bad:
+        raise ValueError(
+            f"Training diverged: the network predicted NaN or inf quaternions for "
+            f"{n_bad} of {len(q_pred)} images of a batch. Lower the learning rate "
+            "('lr'), or look for extreme values in the images."
+        )
+    if n_zero:
+        raise ValueError(
+            f"The network predicted zero quaternions, which name no rotation, for "
+            f"{n_zero} of {len(q_pred)} images of a batch: are those images "
+            "constant (blank, every pixel equal)? Remove them."
+        )
 
 
 def reprojection_scale(
@@ -169,6 +197,12 @@ def reprojection_scale(
     Returns
     -------
     float
+
+    Raises
+    ------
+    ValueError
+        When every projection is the same (an all-zero map): the reprojection term
+        could not tell orientations apart.
     """
     q = random_quaternions(
         2 * n_pairs, random_state, dtype=projector.dtype, device=projector.device
@@ -176,4 +210,10 @@ def reprojection_scale(
     with torch.no_grad():
         images = projector(q)
     value = float((images[:n_pairs] - images[n_pairs:]).abs().mean())
-    return value if value > 0 else 1.0
+    if not value > 0:
+        raise ValueError(
+            "Every projection of the map is the same (an all-zero map?): the "
+            "reprojection loss and score cannot tell orientations apart; pass the "
+            "particles' map as 'volume'."
+        )
+    return value
