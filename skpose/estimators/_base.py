@@ -188,6 +188,14 @@ class PoseEstimator(BaseEstimator):
                 f"0 feature(s) (shape={tuple(t.shape)}) while a minimum of 1 is "
                 f"required: '{name}' holds no pixels."
             )
+        if t.ndim == 2 and t.shape[0] == t.shape[1] > 1:
+            side = math.isqrt(t.shape[1])
+            raise ValueError(
+                f"Expected '{name}' to be images (n, N, N); a 2-D array of shape "
+                f"{tuple(t.shape)} is ambiguous (one {t.shape[0]} x {t.shape[1]} "
+                f"image, or {t.shape[0]} flattened {side} px images?). Pass a single "
+                "image as image[None], or flattened images reshaped to (n, N, N)."
+            )
         if t.ndim == 2:
             side = math.isqrt(t.shape[1])
             if side * side != t.shape[1]:
