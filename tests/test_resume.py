@@ -50,11 +50,13 @@ def _weights(est) -> dict:
     return {k: v.clone() for k, v in est.net_.module_.state_dict().items()}
 
 
-def _assert_same_model(est, ref, images) -> None:
+def _assert_same_model(est, ref, images, ctf=None) -> None:
     assert est.n_iter_ == ref.n_iter_
     a, b = _weights(est), _weights(ref)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    np.testing.assert_array_equal(est.predict(images), ref.predict(images))
+    np.testing.assert_array_equal(
+        est.predict(images, ctf=ctf), ref.predict(images, ctf=ctf)
+    )
     losses = [h["train_loss"] for h in ref.net_.history]
     assert est.net_.history[-1]["train_loss"] == losses[-1]
 
@@ -126,7 +128,7 @@ def test_resume_refuses_another_trainings_checkpoint(data, tmp_path):
 @pytest.mark.parametrize(
     "params, match",
     [
-        ({"resume": True}, "'resume' parameter .*True needs a checkpoint_dir"),
+        ({"resume": True}, "'resume' parameter .*False when 'checkpoint_dir' is None"),
         ({"checkpoint_dir": ".", "checkpoint_every": 0}, "'checkpoint_every' param"),
         ({"checkpoint_dir": 3}, "'checkpoint_dir' parameter"),
     ],
@@ -213,7 +215,6 @@ def test_cli_fit_killed_and_resumed_equals_uninterrupted(tmp_path):
     assert main([*fit, *checkpoints, "--resume", "--out", str(resumed)]) == 0
     assert main([*fit, "--out", str(whole)]) == 0
     a, b = joblib.load(resumed)["estimator"], joblib.load(whole)["estimator"]
-    images = skpose.io.load_particle_images(
-        skpose.read_particles(tmp_path / "particles.star")
-    )
-    _assert_same_model(a, b, images)
+    particles = skpose.read_particles(tmp_path / "particles.star")
+    images = skpose.io.load_particle_images(particles)
+    _assert_same_model(a, b, images, particles.ctf)  # trained with the STAR's CTF
