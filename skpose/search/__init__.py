@@ -36,12 +36,20 @@ sum c^2 |R(. - psi)|^2`` are themselves circular cross-correlations of ``c^2`` w
 reference per particle.
 
 **Local refinement.** Rounds of 27 rotations (a ``3 x 3 x 3`` grid of steps about the
-image axes, in-plane turns read from the image's padded transform so that only 9
-slices are sampled) times 9 translations, halving both steps each round, with the
-resolution growing as the step shrinks; a quadratic fitted to the last round's scores
-places the pose between grid points. Measured on 64 px images from 10-15 degrees away,
-this reaches the accuracy of 40-80 Adam steps of gradient ascent through the
-differentiable projector in a tenth of the time on a CPU.
+image axes; before the last round, in-plane turns are read from the image's padded
+transform so that only 9 slices are sampled; the last slices 19, corners left out)
+times a window of translations, halving both steps each round, with the resolution
+growing as the step shrinks. A quadratic in rotation and translation together (they
+are coupled: on a smooth map a small tilt mimics a sub-pixel shift) fitted to each
+round's scores moves the pose between grid points; poses that moved more than a step
+are searched again at that step. Noiseless images made by
+:func:`~skpose.imaging.projection.project`, from 10 degrees away, reach a median error
+of a tenth of the final step or less (64 px, default 2 degrees: 0.04 degrees); images
+of the same map projected otherwise (analytically) keep a floor of about 0.13 degrees
+at 32-48 px, the interpolation error of the map's slices. Measured on 64 px images
+from 10-15 degrees away, the search (before the quadratic moves, which cost about
+10 % more time at the default step) reached the accuracy of 40-80 Adam steps of
+gradient ascent through the differentiable projector in a tenth of the time on a CPU.
 
 **Confidence.** ``score`` is the NCC at full resolution at the returned pose;
 ``margin`` is the global search's best NCC minus that of the best viewing direction

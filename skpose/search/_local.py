@@ -7,22 +7,39 @@ slices of the map at given rotations and translations, on the Cartesian ``rfft2`
 half-plane up to a chosen radius (the DC term excluded, interior columns counted twice
 so that the sums are those of the full plane). Slices are sampled only at those
 frequencies; translations are phase factors, a small window of them evaluated as one
-matrix product. In-plane turns cost no extra slices: the slice of ``R_z(a) R`` is the
-slice of ``R`` read at ``R_z(a)^T k``, so ``<I, c P_{R_z(a) R}>`` correlates the slice
-of ``R`` with the image transform (times its CTF) read at the turned frequencies
-``R_z(a) k``, bilinearly from its twice-padded transform.
+matrix product. In-plane turns can cost no extra slices: the slice of ``R_z(a) R`` is
+the slice of ``R`` read at ``R_z(a)^T k``, so ``<I, c P_{R_z(a) R}>`` correlates the
+slice of ``R`` with the image transform (times its CTF) read at the turned frequencies
+``R_z(a) k``, bilinearly from its twice-padded transform
+(:meth:`FourierScorer.score_turned`). Those reads are approximate: their power gains or
+loses a few per cent with where the turned frequencies fall between the nodes, which
+is divided out (else the NCC ripples with the turn and exceeds 1), and what remains
+still moves the peak by a few tenths of a degree on smooth maps.
 
 :func:`local_search` refines poses by a shrinking grid: each round scores 27 rotations
 ``R_z(u_z s) exp(s (u_x, u_y, 0)) R`` (``u`` in ``{-1, 0, 1}^3``, step ``s``) times a
-``3 x 3`` window of translations around the current pose: 9 slices, each read at three
-in-plane turns. It keeps the best, halves both steps, and after the last round places
-the pose at the maximum of a quadratic fitted to that round's 27 scores. Each round
-uses the frequencies its step resolves (``r_max ~ 1.5 / step``, as the global search
-does): the first rounds see a smooth, wide basin, the last ones the full resolution.
+square window of translations (within ``h`` of the current origin, ``3 x 3`` or, on
+small boxes, finer: spaced at most ``s N / 4`` pixels, ``s`` in radians, what a step
+moves points a quarter box from the axis). The rounds before the last slice 9
+rotations and read each at three in-plane turns; the last, which sets the accuracy,
+slices its rotations (exact turns), 19 of them: the cube's corners are left out, a
+quadratic needs none. Rotations and translations are coupled (on a
+smooth map a small tilt and a sub-pixel shift change the image alike), so a round
+does not just keep its best grid point: a quadratic in the five coordinates
+``(u, t / h)`` is fitted to all its scores and the pose moves to the fitted maximum
+when that is one within two steps (and within the cone and translation range);
+otherwise to the best rotation, its translation placed by a quadratic fitted to its
+window. Poses whose fitted maximum was not taken or lay more than one step away are
+searched again at the same step (at most twice more), the others go on; then both
+steps halve. Each round uses the frequencies its step resolves (``r_max ~ 1.5 /
+step``, as the global search does): the first rounds see a smooth, wide basin, the
+last ones the full resolution. The result is the better, at full resolution, of the
+last round's best grid pose and its fitted maximum.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -30,7 +47,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from skpose.geometry.rotations import axis_angle_to_quat, quat_multiply
+from skpose.geometry.rotations import (
+    axis_angle_to_quat,
+    geodesic_distance,
+    quat_multiply,
+)
 from skpose.geometry.symmetry import symmetry_aware_distance
 from skpose.imaging._fourier import frequency_grid
 from skpose.imaging.ctf import compute_ctf
@@ -56,6 +77,14 @@ _UNIT = (0.0, -1.0, 1.0)
 _OFF_GRID = 0.5
 # Padding of the image transforms read at turned frequencies.
 PAD = 2
+# A round's fitted maximum is taken up to this many steps (along each coordinate) from
+# the round's centre ...
+_TRUST = 2.0
+# ... and a pose whose maximum lies more than one step away is searched again at the
+# same step, at most this many more times.
+_REPEATS = 2
+# Most translations per side of a round's window: 2 _WINDOW + 1.
+_WINDOW = 3
 
 
 class FourierScorer:
@@ -100,6 +129,16 @@ class FourierScorer:
             planes = planes if self._ctf_params is None else planes[:, 2:]
             self._planes = planes.contiguous()
         return self._planes
+
+    def subset(self, rows: torch.Tensor) -> FourierScorer:
+        """The scorer of the images ``rows`` (indices) alone."""
+        out = copy.copy(self)
+        out.image_ft, out._images = self.image_ft[rows], self._images[rows]
+        if self.ctf is not None:
+            out.ctf = self.ctf[rows]
+            out._ctf_params = self._ctf_params[rows.cpu().numpy()]
+        out._planes = None if self._planes is None else self._planes[rows]
+        return out
 
     def _count(self, r_max: float) -> int:
         return int(torch.searchsorted(self.radius, float(r_max) + 1e-6).item())
@@ -164,7 +203,15 @@ class FourierScorer:
         image = torch.complex(samples[:, 0], samples[:, 1])  # (n, A, K)
         ref_weight = w * (samples[:, 2] if self.ctf is not None else 1.0)
         b = self._shifted(w * image, turned, centres_px, offsets_px)
-        return self._ncc(quats, k2d, b, ref_weight.expand(n, a, count), count)
+        ncc = self._ncc(quats, k2d, b, ref_weight.expand(n, a, count), count)
+        # The reads' power differs from the exact transform's by a gain that depends
+        # on where the turned frequencies fall between the padded nodes: divide it
+        # out, or the NCC ripples with the turn (and peaks off the true angle).
+        exact = self.image_ft[:, :count]
+        exact = exact if self.ctf is None else exact * self.ctf[:, :count]
+        power = (w * exact.abs() ** 2).sum(-1).clamp_min(1e-30)[:, None]  # (n, 1)
+        gain = torch.sqrt((w * image.abs() ** 2).sum(-1) / power)  # (n, A)
+        return ncc / gain.clamp_min(1e-30)[:, None, :, None]
 
     def _shifted(self, image, k2d, centres_px, offsets_px):
         """``image * exp(-2 pi i k.(centre + offset) / N)`` as real planes.
@@ -200,11 +247,15 @@ class FourierScorer:
         return num / ref_norm.clamp_min(1e-30)[..., None] / norms
 
 
-def _square_pattern(step_px: float, dtype, device) -> torch.Tensor:
-    """The 9 offsets ``step_px * {-1, 0, 1}^2`` (the centre first), or one zero."""
+def _square_pattern(step_px: float, dtype, device, m: int = 1) -> torch.Tensor:
+    """The ``(2 m + 1)^2`` offsets ``step_px * {-1, .., 1}^2`` spaced ``step_px / m``.
+
+    The centre first; one zero offset when ``step_px <= 0``.
+    """
     if step_px <= 0:
         return torch.zeros(1, 2, dtype=dtype, device=device)
-    r = torch.tensor([0.0, -step_px, step_px], dtype=dtype, device=device)
+    ticks = sorted(range(-m, m + 1), key=lambda i: (abs(i), i))  # 0, -1, 1, -2, ..
+    r = torch.tensor(ticks, dtype=dtype, device=device) * (step_px / m)
     return torch.stack(torch.meshgrid(r, r, indexing="ij"), dim=-1).reshape(-1, 2)
 
 
@@ -223,23 +274,39 @@ def _chart(quats, u, step_rad: float) -> torch.Tensor:
     return quat_multiply(quat_multiply(spin, tilt), quats)
 
 
-def _quadratic_peak(values: torch.Tensor, u: torch.Tensor):
-    """Maximum of the quadratic fitted to scores ``(n, 27)`` at pattern points ``u``.
+def _rotation_pattern(dtype, device, corners: bool = True) -> torch.Tensor:
+    """The 27 unit vectors ``u`` of a round: 9 tilts (outer) times 3 turns.
 
-    Returns the peak ``(n, 3)`` in pattern units and whether it is a maximum inside
-    the cube (negative-definite Hessian, ``|u|_inf <= 1``).
+    Without ``corners``: the 19 that are not corners of the cube (enough for a
+    quadratic, cross terms included).
     """
-    cross = u[:, [0, 0, 1]] * u[:, [1, 2, 2]]
-    design = torch.cat((torch.ones_like(u[:, :1]), u, u * u, cross), dim=1)  # (27, 10)
-    coef = values @ torch.linalg.pinv(design).T  # (n, 10)
-    hessian = torch.diag_embed(2 * coef[:, 4:7])
-    for k, (i, j) in enumerate(((0, 1), (0, 2), (1, 2))):
-        hessian[:, i, j] = hessian[:, j, i] = coef[:, 7 + k]
+    tilt = _tilt_pattern(dtype, device)[:, None, :2].expand(9, 3, 2)
+    spin = torch.tensor(_UNIT, dtype=dtype, device=device)[None, :, None]
+    u = torch.cat((tilt, spin.expand(9, 3, 1)), dim=-1).reshape(27, 3)
+    return u if corners else u[u.abs().sum(dim=1) < 3]
+
+
+def _quadratic_peak(values: torch.Tensor, x: torch.Tensor, bound: float = 1.0):
+    """Maximum of the quadratic fitted to scores ``(m, P)`` at points ``x`` ``(P, d)``.
+
+    Returns the peak ``(m, d)``, the fitted value there ``(m,)`` and whether it is a
+    maximum within ``bound`` (negative-definite Hessian, ``|peak|_inf <= bound``).
+    """
+    d = x.shape[1]
+    pairs = [(i, j) for i in range(d) for j in range(i + 1, d)]
+    cross = torch.stack([x[:, i] * x[:, j] for i, j in pairs], dim=1)
+    design = torch.cat((torch.ones_like(x[:, :1]), x, x * x, cross), dim=1)
+    coef = values @ torch.linalg.pinv(design).T  # (m, 1 + 2 d + d (d - 1) / 2)
+    grad, curv = coef[:, 1 : 1 + d], coef[:, 1 + d : 1 + 2 * d]
+    hessian = torch.diag_embed(2 * curv)
+    for k, (i, j) in enumerate(pairs):
+        hessian[:, i, j] = hessian[:, j, i] = coef[:, 1 + 2 * d + k]
     concave = torch.linalg.eigvalsh(hessian)[:, -1] < 0
-    eye = torch.eye(3, dtype=values.dtype, device=values.device)
+    eye = torch.eye(d, dtype=values.dtype, device=values.device)
     safe = torch.where(concave[:, None, None], hessian, -eye)
-    peak = -torch.linalg.solve(safe, coef[:, 1:4])
-    return peak, concave & (peak.abs().amax(dim=1) <= 1)
+    peak = -torch.linalg.solve(safe, grad)
+    value = coef[:, 0] + 0.5 * (grad * peak).sum(1)
+    return peak, value, concave & (peak.abs().amax(dim=1) <= bound)
 
 
 @dataclass
@@ -252,14 +319,21 @@ class LocalResult:
     margin: torch.Tensor
 
 
-def _round(scorer, quats, shifts_px, step_deg: float, shift_step: float):
-    """One round: 27 rotations x 9 translations. Returns the best and the scores."""
+def _round(scorer, quats, shifts_px, step_deg: float, offsets, exact: bool):
+    """Scores ``(n, P, S)`` of rotations around ``quats`` times ``offsets``.
+
+    The ``P = 27`` rotations of :func:`_rotation_pattern`: the 9 tilts sliced and the
+    images read at the three turns (:meth:`FourierScorer.score_turned`); ``exact``:
+    the ``P = 19`` without corners, each sliced.
+    """
     dtype, device = quats.dtype, quats.device
     step = math.radians(step_deg)
+    r_max = resolution_for(step_deg, scorer.box_size)
+    if exact:
+        u = _rotation_pattern(dtype, device, corners=False)
+        return scorer.score(_chart(quats[:, None], u, step), shifts_px, offsets, r_max)
     tilts = _chart(quats[:, None], _tilt_pattern(dtype, device), step)  # (n, 9, 4)
     spins = torch.tensor(_UNIT, dtype=dtype, device=device) * step
-    offsets = _square_pattern(shift_step, dtype, device)
-    r_max = resolution_for(step_deg, scorer.box_size)
     # Read the image at turns _OFF_GRID + u_z s against slices of R_z(-_OFF_GRID) T R:
     # the same candidates, but no turn samples the padded transform on its nodes
     # (where the gridding correction over-shoots), so none is favoured.
@@ -271,13 +345,63 @@ def _round(scorer, quats, shifts_px, step_deg: float, shift_step: float):
         offsets,
         r_max,
     )  # (n, 9, 3, S)
-    n, _, _, s = scores.shape
-    index = scores.reshape(n, -1).argmax(dim=1)
+    return scores.reshape(scores.shape[0], 27, -1)
+
+
+def _move(quats, shifts_px, scores, step_deg: float, offsets, shift_step: float):
+    """The round's two poses: the best grid rotation and the fitted maximum.
+
+    The best rotation is the one whose window of translations ``offsets`` (within
+    ``shift_step``) fits the highest quadratic maximum (its grid maximum where the fit
+    has none inside), its translation at that maximum. The fitted pose is the maximum
+    of a quadratic in the five coordinates ``(u, t / h)`` fitted to all the scores,
+    where it is one within ``_TRUST`` steps (the best rotation's pose elsewhere).
+    Returns rotations ``(n, 2, 4)`` and origins ``(n, 2, 2)``, the best grid
+    rotation's first, and whether the fitted maximum is one within a step ``(n,)``.
+    """
+    dtype, device = quats.dtype, quats.device
+    n, nu, s = scores.shape
+    u = _rotation_pattern(dtype, device, corners=nu == 27)  # as _round scored
+    best = scores.amax(dim=-1)  # (n, nu)
+    shift = offsets[scores.argmax(dim=-1)]  # (n, nu, 2)
+    x = u
+    if s > 1:
+        window = offsets / shift_step
+        t, value, ok = _quadratic_peak(scores.reshape(n * nu, s), window)
+        ok = (ok & (value > best.reshape(-1))).reshape(n, nu)
+        best = torch.where(ok, value.reshape(n, nu), best)
+        shift = torch.where(ok[..., None], t.reshape(n, nu, 2) * shift_step, shift)
+        x = torch.cat((u[:, None].expand(nu, s, 3), window.expand(nu, s, 2)), dim=-1)
+    index = best.argmax(dim=1)
     rows = torch.arange(n, device=device)
-    u = torch.zeros(n, 3, dtype=dtype, device=device)
-    u[:, 2] = spins[(index // s) % 3] / step
-    best = _chart(tilts[rows, index // (3 * s)], u, step)
-    return best, shifts_px + offsets[index % s], scores.amax(dim=-1).reshape(n, 27)
+    step = math.radians(step_deg)
+    grid_q = _chart(quats, u[index], step)
+    grid_t = shifts_px + shift[rows, index]
+    peak, _, ok = _quadratic_peak(scores.reshape(n, -1), x.reshape(nu * s, -1), _TRUST)
+    fit_q = torch.where(ok[:, None], _chart(quats, peak[:, :3], step), grid_q)
+    fit_t = shifts_px + peak[:, 3:] * shift_step if s > 1 else shifts_px
+    fit_t = torch.where(ok[:, None], fit_t, grid_t)
+    settled = ok & (peak.abs().amax(dim=1) <= 1)
+    return torch.stack((grid_q, fit_q), 1), torch.stack((grid_t, fit_t), 1), settled
+
+
+def _step(scorer, quats, shifts_px, limits, step_deg, window, last: bool):
+    """One round and its move: :func:`_move`'s poses, and which have settled.
+
+    ``window`` is the translation offsets and their half-width; ``limits`` are the
+    starting poses, the cone (radians) and the translation range: a fitted maximum
+    beyond them is replaced by the best grid rotation's pose. A pose has settled when
+    its fitted maximum was taken and lies within one step. ``last``: exact turns.
+    """
+    start, start_t, cone, max_shift = limits
+    scores = _round(scorer, quats, shifts_px, step_deg, window[0], exact=last)
+    cand, cand_t, settled = _move(quats, shifts_px, scores, step_deg, *window)
+    far = (geodesic_distance(cand[:, 1], start) > cone) | (
+        (cand_t[:, 1] - start_t).abs().amax(dim=1) > max_shift * (1 + 1e-6)
+    )
+    cand[:, 1] = torch.where(far[:, None], cand[:, 0], cand[:, 1])
+    cand_t[:, 1] = torch.where(far[:, None], cand_t[:, 0], cand_t[:, 1])
+    return cand, cand_t, settled & ~far
 
 
 def local_search(
@@ -302,13 +426,15 @@ def local_search(
         Starting RELION origins in pixels.
     cone_deg : float
         Half-width of the rotation search: the first round steps ``cone_deg / 2``
-        about each axis and the halving steps reach ``cone_deg`` in all.
+        about each axis and the halving steps reach ``cone_deg`` in all; no pose
+        moves farther than ``cone_deg`` from its start.
     final_step_deg : float
-        Steps halve until they are at most this; a quadratic fitted to the last
-        round's 27 scores then places the pose between its points.
+        Steps halve until they are at most this; the quadratic fitted to that last
+        round's scores then places the pose between its points.
     max_shift_px : float
         Half-width of the translation search around the starting origins, reached the
-        same way (first step ``max_shift_px / 2``); 0 keeps the origins.
+        same way (first step ``max_shift_px / 2``; no origin moves farther along
+        either axis); 0 keeps the origins.
     symmetry : str, default "C1"
         Point group: rotations near a mate of the pose do not count in the margin.
 
@@ -318,25 +444,37 @@ def local_search(
         ``score``: the NCC at full resolution; ``margin``: see :func:`_finish`.
     """
     dtype, device = quats.dtype, quats.device
+    start, start_t = quats, shifts_px
     step, shift_step = cone_deg / 2, max_shift_px / 2
+    # Translations no farther apart than a step moves points a quarter box from the
+    # axis, or a tilt mimics the translation error (one ratio: both steps halve).
+    spacing = math.radians(step) * scorer.box_size / 4
+    m = min(max(1, math.ceil(shift_step / spacing - 1e-6)), _WINDOW)
     while True:
-        centre = quats
-        quats, shifts_px, values = _round(scorer, centre, shifts_px, step, shift_step)
-        if step <= final_step_deg * (1 + 1e-9):
+        last = step <= final_step_deg * (1 + 1e-9)
+        window = (_square_pattern(shift_step, dtype, device, m), shift_step)
+        todo = torch.arange(quats.shape[0], device=device)
+        for attempt in range(1 + _REPEATS):
+            sub = scorer if attempt == 0 else scorer.subset(todo)
+            limits = (start[todo], start_t[todo], math.radians(cone_deg), max_shift_px)
+            pose = (quats[todo], shifts_px[todo])
+            c, ct, settled = _step(sub, *pose, limits, step, window, last)
+            if attempt == 0:
+                cand, cand_t = c, ct
+            else:
+                cand[todo], cand_t[todo] = c, ct
+            quats, shifts_px = cand[:, 1], cand_t[:, 1]
+            todo = todo[~settled]
+            if todo.numel() == 0:
+                break
+        if last:
             break
         step, shift_step = step / 2, shift_step / 2
-    tilt = _tilt_pattern(dtype, device)[:, None, :2].expand(9, 3, 2)
-    spin = torch.tensor(_UNIT, dtype=dtype, device=device)[None, :, None]
-    u = torch.cat((tilt, spin.expand(9, 3, 1)), dim=-1).reshape(27, 3)  # as scored
-    peak, ok = _quadratic_peak(values, u)
-    fitted = _chart(centre, peak, math.radians(step))
-    fitted = torch.where(ok[:, None], fitted, quats)
-    cand = torch.stack((quats, fitted), 1)
-    return _finish(scorer, cand, shifts_px, cone_deg, symmetry)
+    return _finish(scorer, cand, cand_t, cone_deg, symmetry)
 
 
-def _finish(scorer, cand, shifts_px, cone_deg: float, symmetry: str) -> LocalResult:
-    """Pick the better of ``cand`` ``(n, 2, 4)`` at full resolution; score, margin.
+def _finish(scorer, cand, cand_t, cone_deg: float, symmetry: str) -> LocalResult:
+    """Pick the better of poses ``cand`` ``(n, 2, 4)``, ``cand_t`` at full resolution.
 
     The margin compares the pose with six rotations ``cone_deg`` away about the image
     axes, at the resolution ``cone_deg / 2`` resolves (the first round's; cheap), with
@@ -345,13 +483,18 @@ def _finish(scorer, cand, shifts_px, cone_deg: float, symmetry: str) -> LocalRes
     out; the margin is NaN when all six are.
     """
     dtype, device = cand.dtype, cand.device
-    offsets = _square_pattern(0.25, dtype, device)
-    scores = scorer.score(cand, shifts_px, offsets, scorer.box_size / 2)
-    n, _, s = scores.shape
-    index = scores.reshape(n, -1).argmax(dim=1)
-    quats = cand[torch.arange(n, device=device), index // s]
-    shifts_px = shifts_px + offsets[index % s]
-    score = scores.flatten(1).amax(dim=1)
+    n = cand.shape[0]
+    zero = torch.zeros(1, 2, dtype=dtype, device=device)
+    scores = torch.stack(
+        [
+            scorer.score(cand[:, i, None], cand_t[:, i], zero, scorer.box_size / 2)
+            for i in range(cand.shape[1])
+        ],
+        dim=1,
+    )[..., 0, 0]  # (n, 2)
+    score, index = scores.max(dim=1)
+    rows = torch.arange(n, device=device)
+    quats, shifts_px = cand[rows, index], cand_t[rows, index]
     axes = torch.cat((torch.zeros(1, 3), torch.eye(3), -torch.eye(3)))
     axes = axes.to(dtype=dtype, device=device) * math.radians(cone_deg)
     probes = quat_multiply(axis_angle_to_quat(axes)[None], quats[:, None])

@@ -136,13 +136,16 @@ def refine(
     """Refine particle poses by a local search around each starting pose.
 
     Each round scores 27 rotations ``R_z(u_z s) exp(s (u_x, u_y, 0)) R`` (``u`` in
-    ``{-1, 0, 1}^3``: steps ``s`` about the image axes) times a ``3 x 3`` window of
-    translations around the current pose, keeps the best and halves both steps; the
-    first step is ``cone_deg / 2`` (so the rounds reach ``cone_deg`` in all), the last
-    the first at or below ``final_step_deg``, after which a quadratic fitted to that
-    round's 27 scores places the pose between them. Each round correlates up to the
-    frequency its step resolves (``1.5 / step`` cycles per box, ``step`` in radians;
-    the last rounds use all frequencies up to Nyquist).
+    ``{-1, 0, 1}^3``: steps ``s`` about the image axes) times a window of translations
+    around the current pose (``3 x 3``, finer on small boxes), moves the pose to the
+    maximum of a quadratic in rotation and translation fitted to the scores (or to the
+    best rotation where that maximum is not one, or lies more than two steps away) and
+    halves both steps; a pose that moved more than a step is searched again at the same
+    step first (at most twice). The first step is ``cone_deg / 2`` (so the rounds reach
+    ``cone_deg`` in all), the last the first at or below ``final_step_deg``; the last
+    round slices its in-plane turns exactly (and leaves out the 8 corner rotations).
+    Each round correlates up to the frequency its step resolves (``1.5 / step`` cycles
+    per box, ``step`` in radians; the last rounds use all frequencies up to Nyquist).
 
     Parameters
     ----------
@@ -161,8 +164,8 @@ def refine(
         How far (degrees) from its start a pose may move.
     final_step_deg : float, default 2
         The last round's step; the quadratic fit then places poses well within it
-        (noiseless 64 px particles from 10-15 degrees away: median error 0.6
-        degrees; 1.0 at SNR 1; 2.9 at SNR 0.1).
+        (noiseless 64 px particles from 10-15 degrees away: median error 0.04
+        degrees; 0.85 at SNR 1; 2.7 at SNR 0.1).
     max_shift_px : float, default 4
         How far (pixels, per axis) the origins may move from their start.
     symmetry : str, default "C1"
