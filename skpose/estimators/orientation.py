@@ -36,6 +36,7 @@ from skpose._validation import (
     is_real,
     to_tensor,
 )
+from skpose.estimators import _levers
 from skpose.geometry.rotations import quat_canonical
 from skpose.geometry.symmetry import group_order
 from skpose.imaging.preprocess import fourier_resize, normalize_images, phase_flip
@@ -43,7 +44,7 @@ from skpose.imaging.projection import FourierProjector
 from skpose.learn.losses import reprojection_scale, weighted_loss
 from skpose.learn.network import OrientationNet, resolve_image_size
 from skpose.metrics import reprojection_rmse
-from skpose.search.poses import Poses, pose_score, refine
+from skpose.search.poses import Poses, pose_score
 
 __all__ = ["OrientationEstimator"]
 
@@ -135,6 +136,14 @@ class _Net(NeuralNet):
             return np.zeros((0, 4))
         return quat_canonical(torch.cat(out)).numpy()
 
+    def train_step_single(self, batch, **fit_params):
+        """Take skorch's step on a batch mixed with particles simulated from the map."""
+        simulator = getattr(self, "simulator", None)
+        if simulator is not None:
+            Xi, yi = batch
+            batch = simulator.mix(Xi, yi, self.simulate_fraction)
+        return super().train_step_single(batch, **fit_params)
+
 
 def _resolve_device(device: str) -> str:
     if device == "auto":
@@ -197,6 +206,28 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
         origins within 4 px, a 2 degree final step): ``predict`` and
         :meth:`predict_poses` then return search-quality poses wherever the network
         was within reach. Needs the map (``volume``) at predict time.
+    simulate_from_map : float, default 0.0
+        Fraction (in [0, 1)) of every training batch replaced by particles simulated
+        on the fly from ``volume`` at uniformly random rotations, with CTFs and
+        origins drawn from the labelled particles' and white noise at the SNR
+        measured on them (signal of the CTF-modulated projection at the labelled
+        pose against the residual; see :mod:`skpose.learn._simulated`). Seeded by
+        ``random_state``. 0: the paper's training on labelled particles only.
+    refine_cone_deg : float or "auto", default 60.0
+        Cone of the refinement after the network (``refine=True``). ``"auto"``:
+        ``fit`` holds out 10 % of the labelled particles (20 to 500) and sets the
+        cone to the 90th percentile of the network's errors on them, clipped to
+        [15, 90] (``refine_cone_deg_``).
+    fallback : {None, "search"}, default None
+        ``"search"``: ``fit`` holds out labelled particles as for ``"auto"`` and
+        calibrates a confidence threshold on them (``fallback_threshold_``, see
+        :mod:`skpose.search._fallback`); with ``refine=True``, particles whose
+        refined confidence falls below it are searched again (global search at
+        ``fallback_step_deg`` + refinement) and keep the better pose.
+    fallback_step_deg : float, default 15.0
+        Grid spacing of the fallback search.
+    refine_shift_px : float, default 4.0
+        How far (input pixels, per axis) the refinement may move the origins.
 
     Attributes
     ----------
@@ -213,6 +244,17 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
         Iterations trained so far.
     n_features_in_ : int
         ``input_box_ ** 2``.
+    simulated_noise_ : NoiseModel
+        With ``simulate_from_map > 0``: the amplitude, noise and SNR measured on the
+        labelled particles at the network's size.
+    refine_cone_deg_ : float
+        The refinement cone (``refine_cone_deg``, or the calibrated one).
+    fallback_threshold_ : float
+        With calibration: the confidence below which particles fall back
+        (``-inf``: none).
+    calibration_ : dict
+        With calibration: held-out network and refined errors, scores, cone and
+        threshold.
 
     Examples
     --------
@@ -244,6 +286,11 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
         verbose=0,
         warm_start=False,
         refine=False,
+        simulate_from_map=0.0,
+        refine_cone_deg=_REFINE_CONE_DEG,
+        fallback=None,
+        fallback_step_deg=15.0,
+        refine_shift_px=4.0,
     ):
         self.volume = volume
         self.w = w
@@ -261,6 +308,11 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
         self.verbose = verbose
         self.warm_start = warm_start
         self.refine = refine
+        self.simulate_from_map = simulate_from_map
+        self.refine_cone_deg = refine_cone_deg
+        self.fallback = fallback
+        self.fallback_step_deg = fallback_step_deg
+        self.refine_shift_px = refine_shift_px
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -297,10 +349,32 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
             "verbose": (is_int(self.verbose) and self.verbose >= 0, "an int >= 0"),
             "refine": (isinstance(self.refine, (bool, np.bool_)), "True or False"),
             "volume": (self.volume is not None, "an array (N, N, N) or an MRC path"),
+            **self._lever_checks(),
         }
         check_params(self, "OrientationEstimator", checks)
         if self.symmetry is not None:
             group_order(self.symmetry)  # raises a ValueError naming 'symmetry'
+
+    def _lever_checks(self) -> dict:
+        sim, cone = self.simulate_from_map, self.refine_cone_deg
+        step = self.fallback_step_deg
+        auto = isinstance(cone, str) and cone == "auto"
+        return {
+            "simulate_from_map": (is_real(sim) and 0 <= sim < 1, "a float in [0, 1)"),
+            "refine_cone_deg": (
+                auto or (is_real(cone) and 0 < cone <= 90),
+                "a float in (0, 90] or 'auto'",
+            ),
+            "fallback": (self.fallback in (None, "search"), "None or 'search'"),
+            "fallback_step_deg": (
+                is_real(step) and 0 < step <= 90,
+                "a float in (0, 90]",
+            ),
+            "refine_shift_px": (
+                is_real(self.refine_shift_px) and self.refine_shift_px >= 0,
+                "a float >= 0",
+            ),
+        }
 
     def _images(self, X, name: str = "images") -> np.ndarray:
         """Validate images: (n, N, N), or (n, N * N) flattened; finite."""
@@ -521,9 +595,28 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
             else fourier_resize(volume, net_size, ndim=3)
         )
         y = np.concatenate([q, self._shifts(shifts, len(q), X.shape[-1])], axis=1)
-        self.net_ = self._build_net(self.volume_, self.max_iter, len(q))
+        ctf = check_ctf(ctf, len(q))
+        rows, held = _levers.calibration_rows(len(q), self._seed())
+        if not _levers.needs_calibration(self):
+            rows = held = slice(None)
+        self.net_ = self._build_net(self.volume_, self.max_iter, len(y[rows]))
         self.n_iter_ = 0
-        return self._train(self._network_input(X, ctf), y.astype(np.float32))
+        self.refine_cone_deg_ = self.refine_cone_deg
+        self._train_on(X[rows], y[rows], None if ctf is None else ctf[rows])
+        if _levers.needs_calibration(self):
+            held_ctf = None if ctf is None else ctf[held]
+            _levers.calibrate(self, X[held], q[held], held_ctf)
+        return self
+
+    def _train_on(self, X: torch.Tensor, y: np.ndarray, ctf):
+        """Train on labelled images, mixed with simulated ones when asked."""
+        if self.simulate_from_map > 0:
+            _levers.attach_simulator(self, X, y[:, :4], y[:, 4:], ctf)
+            self.net_.simulate_fraction = float(self.simulate_from_map)
+        try:
+            return self._train(self._network_input(X, ctf), y.astype(np.float32))
+        finally:
+            self.net_.simulator = None  # not pickled with the model
 
     def partial_fit(self, images, quaternions, shifts=None, ctf=None):
         """Fine-tune: ``max_iter`` more iterations from the current weights.
@@ -556,7 +649,7 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
         self.net_.iterator_train__sampler = _IterationSampler(
             len(q), self.batch_size, self.max_iter, self._seed()
         )
-        return self._train(self._network_input(X, ctf), y.astype(np.float32))
+        return self._train_on(X, y, check_ctf(ctf, len(q)))
 
     def _train(self, X: np.ndarray, y: np.ndarray):
         sampler = self.net_.iterator_train__sampler
@@ -596,7 +689,7 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
             self._network_input(X, ctf), self.verbose >= 1
         )
 
-    def predict_poses(self, images, shifts=None, ctf=None) -> Poses:
+    def predict_poses(self, images, shifts=None, ctf=None, *, return_fallback=False):
         """Orientations, origins and a per-particle confidence.
 
         Parameters
@@ -620,6 +713,10 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
             low. With ``refine=True``, poses and origins are refined and ``margin``
             is the refinement's (see :func:`skpose.search.refine`); otherwise
             origins are ``shifts`` and ``margin`` is NaN.
+        fallback : numpy.ndarray of shape (n,), bool
+            Only with ``return_fallback=True``: the particles that went through the
+            fallback search (``fallback="search"`` and ``refine=True``; otherwise
+            all False).
         """
         check_is_fitted(self, "net_")
         X = self._images(images)
@@ -630,23 +727,20 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
         q = self.net_.predict_quaternions(
             self._network_input(X, ctf), self.verbose >= 1
         )
-        device = self.net_.device
-        x = X.to(device)
-        volume = torch.as_tensor(self._full_volume(), device=device)
+        x = X.to(self.net_.device)
+        fell_back = np.zeros(n, dtype=bool)
         if self.refine:
-            poses = refine(
-                volume,
-                x,
-                q,
-                start,
-                ctf=ctf,
-                cone_deg=_REFINE_CONE_DEG,
-                symmetry=self.symmetry or "C1",
-            )
-            return Poses(*(t.cpu().numpy() for t in poses))
-        score = pose_score(volume, x, q, start, ctf=ctf).cpu().numpy()
-        t = to_tensor(start, "shifts").to(torch.float64).numpy()
-        return Poses(q, t, score, np.full(n, np.nan))
+            cone = self.refine_cone_deg
+            cone = self.refine_cone_deg_ if cone == "auto" else float(cone)
+            out = _levers.refine_poses(self, x, q, start, ctf, cone)
+            if self.fallback == "search" and hasattr(self, "fallback_threshold_"):
+                out, fell_back = _levers.fall_back(self, x, ctf, out)
+        else:
+            volume = torch.as_tensor(self._full_volume(), device=x.device)
+            score = pose_score(volume, x, q, start, ctf=ctf).cpu().numpy()
+            t = to_tensor(start, "shifts").to(torch.float64).numpy()
+            out = Poses(q, t, score, np.full(n, np.nan))
+        return (out, fell_back) if return_fallback else out
 
     def score(self, images, quaternions, shifts=None) -> float:
         """Minus the reprojection RMSE (paper eq. 16): greater is better.
