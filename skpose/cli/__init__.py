@@ -12,6 +12,10 @@ The paper's workflow in five commands::
     skpose predict sim/rest.star --model model.joblib --out predicted.star
     skpose evaluate predicted.star sim/rest.star --volume map.mrc --out report/
     skpose reconstruct predicted.star --out map_new.mrc --half-maps
+
+The conventional pipeline (global search + refinement), for comparison or labelling::
+
+    skpose search particles.star --volume map.mrc --step 15 --out searched.star
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from skpose.cli import _commands
+from skpose.cli import _commands, _search
 
 __all__ = ["main"]
 
@@ -35,6 +39,7 @@ _EXAMPLES = {
     "--symmetry D2 --out report/",
     "reconstruct": "skpose reconstruct predicted.star --out map.mrc --symmetry D7 "
     "--half-maps",
+    "search": _search.EXAMPLE,
 }
 
 
@@ -163,13 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
         _add_reconstruct,
     ):
         add(sub)
+    _search.add_parser(sub, _subparser)
     return parser
 
 
 def main(argv=None) -> int:
     """Run ``skpose`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     args = build_parser().parse_args(argv)
-    command = getattr(_commands, args.command)
+    command = _search.search if args.command == "search" else None
+    command = command or getattr(_commands, args.command)
     try:
         command(args)
     except (ValueError, TypeError, OSError) as exc:
