@@ -286,17 +286,27 @@ def predict(args) -> None:
             q = est.predict(raw, ctf=ctf)
             conf[rows] = _confidence(est, raw, q, batch_shifts, ctf)
         quats[rows] = q
-    out = Path(args.out)
+    out = write_poses(args.out, particles, quats, shifts if args.refine else None, conf)
+    print(f"predicted {n} particles; wrote {out}")
+
+
+def write_poses(out, particles, quats, shifts, confidence) -> Path:
+    """Write poses (origins unless None) and ``rlnSkposeConfidence`` into a STAR.
+
+    Every other column and the optics table are kept; image names are rebased so
+    that they resolve from the output's folder.
+    """
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _rebase_image_names(particles, particles, out.parent)
     write_particles(
         out,
         particles,
         quaternions=quats,
-        shifts_px=shifts if args.refine else None,
-        extra_columns={"rlnSkposeConfidence": conf},
+        shifts_px=shifts,
+        extra_columns={"rlnSkposeConfidence": confidence},
     )
-    print(f"predicted {n} particles; wrote {out}")
+    return out
 
 
 # --------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from skpose.io import iter_particle_images, read_particles, read_volume, write_particles
+from skpose.io import iter_particle_images, read_particles, read_volume
 
 __all__ = ["add_parser", "search"]
 
@@ -98,7 +98,7 @@ def _recentre(images: np.ndarray, origins_px: np.ndarray) -> np.ndarray:
 
 def search(args) -> None:
     """``skpose search``: global search + refinement; write poses and confidence."""
-    from skpose.cli._commands import _has_ctf, _rebase_image_names, _single_pixel_size
+    from skpose.cli._commands import _has_ctf, _single_pixel_size, write_poses
     from skpose.estimators import ProjectionMatcher
 
     _check_options(args)
@@ -134,14 +134,5 @@ def search(args) -> None:
         poses = matcher.predict_poses(images, ctf=ctf)
         quats[rows], conf[rows] = poses.quaternions, poses.score
         shifts[rows] = start[rows] + poses.shifts_px
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _rebase_image_names(particles, particles, out.parent)
-    write_particles(
-        out,
-        particles,
-        quaternions=quats,
-        shifts_px=shifts,
-        extra_columns={"rlnSkposeConfidence": conf},
-    )
+    out = write_poses(args.out, particles, quats, shifts, conf)
     print(f"searched {n} particles (step {args.step:g} deg); wrote {out}")
