@@ -108,6 +108,12 @@ def _add_fit(sub) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", type=int, default=1)
+    p.add_argument(
+        "--simulate-from-map",
+        type=float,
+        default=0.0,
+        help="fraction of each batch simulated from the map (default 0: off)",
+    )
 
 
 def _add_predict(sub) -> None:

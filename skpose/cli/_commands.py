@@ -144,6 +144,7 @@ def _estimator(args, volume_path: Path):
         device=args.device,
         random_state=args.seed,
         verbose=args.verbose,
+        simulate_from_map=getattr(args, "simulate_from_map", 0.0),
     )
 
 

@@ -140,6 +140,9 @@ class _Net(NeuralNet):
         """Take skorch's step on a batch mixed with particles simulated from the map."""
         simulator = getattr(self, "simulator", None)
         if simulator is not None:
+            ramp = getattr(self, "curriculum_steps", 0)
+            self.sim_step = getattr(self, "sim_step", 0) + 1
+            simulator.noise_scale = min(1.0, self.sim_step / ramp) if ramp else 1.0
             Xi, yi = batch
             batch = simulator.mix(Xi, yi, self.simulate_fraction)
         return super().train_step_single(batch, **fit_params)
@@ -228,6 +231,10 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
         Grid spacing of the fallback search.
     refine_shift_px : float, default 4.0
         How far (input pixels, per axis) the refinement may move the origins.
+    snr_curriculum : bool, default False
+        With ``simulate_from_map > 0``: the simulated particles' noise grows
+        linearly from none to the measured level over the first half of
+        ``max_iter`` (clean views first), then stays there.
 
     Attributes
     ----------
@@ -291,6 +298,7 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
         fallback=None,
         fallback_step_deg=15.0,
         refine_shift_px=4.0,
+        snr_curriculum=False,
     ):
         self.volume = volume
         self.w = w
@@ -313,6 +321,7 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
         self.fallback = fallback
         self.fallback_step_deg = fallback_step_deg
         self.refine_shift_px = refine_shift_px
+        self.snr_curriculum = snr_curriculum
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -373,6 +382,10 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
             "refine_shift_px": (
                 is_real(self.refine_shift_px) and self.refine_shift_px >= 0,
                 "a float >= 0",
+            ),
+            "snr_curriculum": (
+                isinstance(self.snr_curriculum, (bool, np.bool_)),
+                "True or False",
             ),
         }
 
@@ -613,6 +626,9 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
         if self.simulate_from_map > 0:
             _levers.attach_simulator(self, X, y[:, :4], y[:, 4:], ctf)
             self.net_.simulate_fraction = float(self.simulate_from_map)
+            self.net_.sim_step = 0
+            ramp = self.max_iter // 2 if self.snr_curriculum else 0
+            self.net_.curriculum_steps = ramp
         try:
             return self._train(self._network_input(X, ctf), y.astype(np.float32))
         finally:

@@ -111,6 +111,8 @@ class MapSimulator:
         self.shifts_px = np.asarray(shifts_px, dtype=np.float64).reshape(-1, 2)
         self.ctf = ctf
         self.rng = np.random.default_rng(random_state)
+        # Multiplies the noise (a curriculum lowers it early in training).
+        self.noise_scale = 1.0
 
     def draw(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``k`` simulated particles and their targets.
@@ -142,7 +144,8 @@ class MapSimulator:
                         torch.as_tensor(t, dtype=torch.float32), ctf)  # fmt: skip
         noise = rng.standard_normal(clean.shape, dtype=np.float32)
         images = self.noise.amplitude * clean.detach()
-        images = images + torch.from_numpy(noise) * self.noise.noise_std
+        std = self.noise.noise_std * self.noise_scale
+        images = images + torch.from_numpy(noise) * std
         return images, q, t, ctf
 
     def mix(self, X: torch.Tensor, y: torch.Tensor, fraction: float):
