@@ -25,8 +25,8 @@ cheapest conventional pipeline at least as accurate: median <= 1.1x ours and % <
 degrees >= ours - 1 point. Times are CPU seconds of the process (``time.process_time``)
 per 1000 particles, on ``--threads`` threads (default 1, where CPU time is the wall time
 an idle core would take, not inflated by other jobs on a shared machine); training
-is reported separately and amortised over 1e5 and 1e6 particles. A per-stage profile (network forward, refinement rounds by step, global
-search) shows where the time goes.
+is reported separately and amortised over 1e5 and 1e6 particles. A per-stage profile
+(network forward, refinement rounds by step, global search) shows where the time goes.
 """
 
 from __future__ import annotations
