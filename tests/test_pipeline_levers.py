@@ -85,6 +85,25 @@ def test_training_from_the_map_is_reproducible_and_used(data):
     assert a.n_iter_ == 20
 
 
+def test_snr_curriculum_starts_clean_and_is_reproducible(data):
+    volume, sim = data
+    rows = np.arange(50)
+    noise = estimate_noise(volume, sim.images[:50], sim.quaternions[:50],
+                           sim.shifts_px[:50], sim.ctf[rows])  # fmt: skip
+    clean = MapSimulator(volume, noise, np.zeros((1, 2)), sim.ctf[rows], 0)
+    clean.noise_scale = 0.0
+    images, q, t, ctf = clean.draw_raw(20)
+    assert estimate_noise(volume, images, q, t, ctf).snr > 1e3
+    params = {"simulate_from_map": 0.5, "snr_curriculum": True}
+    a = _fit(_estimator(volume, **params), sim)
+    b = _fit(_estimator(volume, **params), sim)
+    plain = _fit(_estimator(volume, simulate_from_map=0.5), sim)
+    test, ctf = sim.images[200:], sim.ctf[np.arange(200, 240)]
+    np.testing.assert_array_equal(a.predict(test, ctf), b.predict(test, ctf))
+    assert not np.allclose(a.predict(test, ctf), plain.predict(test, ctf))
+    assert a.net_.sim_step == 20 and a.net_.curriculum_steps == 10
+
+
 def test_paper_configuration_still_trains(data):
     volume, sim = data
     est = OrientationEstimator(volume, architecture="vgg16", image_size=BOX,
@@ -149,6 +168,7 @@ def test_fallback_threshold_and_merge():
         ({"fallback": "grid"}, "'fallback' parameter .* None or 'search'"),
         ({"fallback_step_deg": 0}, "'fallback_step_deg' parameter"),
         ({"refine_shift_px": -1.0}, "'refine_shift_px' parameter"),
+        ({"snr_curriculum": 1}, "'snr_curriculum' parameter .* True or False"),
     ],
 )
 def test_lever_parameters_are_checked(data, params, match):
