@@ -114,6 +114,13 @@ def _add_fit(sub) -> None:
         default=0.0,
         help="fraction of each batch simulated from the map (default 0: off)",
     )
+    p.add_argument(
+        "--fallback",
+        choices=["search"],
+        default=None,
+        help="calibrate a confidence threshold on held-out particles; predict "
+        "--refine then re-searches particles below it (global search + refinement)",
+    )
 
 
 def _add_predict(sub) -> None:

@@ -145,6 +145,7 @@ def _estimator(args, volume_path: Path):
         random_state=args.seed,
         verbose=args.verbose,
         simulate_from_map=getattr(args, "simulate_from_map", 0.0),
+        fallback=getattr(args, "fallback", None),
     )
 
 
