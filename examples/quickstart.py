@@ -83,6 +83,7 @@ def main(argv=None):
         volume, w=0.8, lr=1e-3, max_iter=args.max_iter, batch_size=32,
         architecture="small", image_size=32, random_state=args.seed, verbose=1,
         simulate_from_map=0.5,  # half of every batch simulated from the map
+        fallback="search",  # calibrate a confidence threshold on held-out particles
     )  # fmt: skip
     train_ctf = None if ctf is None else ctf[np.arange(n_train)]
     est.fit(images[:n_train], quats[:n_train], shifts[:n_train], ctf=train_ctf)
@@ -120,14 +121,22 @@ def compare_pipelines(volume, images, ctf, truth, est):
     """Both pipelines on the held-out particles, from no angles and zero origins."""
     from skpose import ProjectionMatcher
 
-    est.set_params(refine=True, refine_shift_px=3.0, verbose=0)
+    est.set_params(refine=True, refine_shift_px=3.0, verbose=0, fallback=None)
     matcher = ProjectionMatcher(
         volume, angular_step_deg=15, refine_step_deg=2, max_shift_px=3
     ).fit(images[:1])  # what `skpose search --step 15 --refine-step 2` runs
     print("\n| pipeline (from zero origins) | median deg | % < 5 deg | s / 1000 |")
     print("|---|---|---|---|")
+
+    def with_fallback():
+        est.set_params(fallback="search")  # low-confidence particles searched again
+        poses, searched = est.predict_poses(images, ctf=ctf, return_fallback=True)
+        print(f"(fallback: {100 * searched.mean():.1f} % of the particles searched)")
+        return poses
+
     for name, run in [
         ("network + refinement", lambda: est.predict_poses(images, ctf=ctf)),
+        ("network + refinement + fallback", with_fallback),
         ("search 15 deg + refinement", lambda: matcher.predict_poses(images, ctf)),
     ]:
         start = time.perf_counter()
