@@ -15,6 +15,10 @@ The paper's workflow in five commands::
     skpose predict sim/rest.star --model model.joblib --out predicted.star
     skpose evaluate predicted.star sim/rest.star --volume map.mrc --out report/
     skpose reconstruct predicted.star --out map_new.mrc --half-maps
+
+The conventional pipeline (global search + refinement), for comparison or labelling::
+
+    skpose search particles.star --volume map.mrc --step 15 --out searched.star
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import math
 import sys
 from pathlib import Path
 
-from skpose.cli import _commands, _safety
+from skpose.cli import _commands, _safety, _search
 
 __all__ = ["main"]
 
@@ -39,6 +43,7 @@ _EXAMPLES = {
     "--symmetry D2 --out report/",
     "reconstruct": "skpose reconstruct predicted.star --out map.mrc --symmetry D7 "
     "--half-maps",
+    "search": _search.EXAMPLE,
 }
 
 
@@ -154,6 +159,19 @@ def _add_fit(sub) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", type=_number(int, 0, strict=False), default=1)
+    p.add_argument(
+        "--simulate-from-map",
+        type=_number(float, 0, strict=False),
+        default=0.0,
+        help="fraction of each batch simulated from the map (default 0: off)",
+    )
+    p.add_argument(
+        "--fallback",
+        choices=["search"],
+        default=None,
+        help="calibrate a confidence threshold on held-out particles; predict "
+        "--refine then re-searches particles below it (global search + refinement)",
+    )
 
 
 def _add_predict(sub) -> None:
@@ -214,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_reconstruct,
     ):
         add(sub)
+    _search.add_parser(sub, _subparser)
     _safety.add_arguments(sub)  # --force everywhere; checkpoints and interrupts: fit
     return parser
 
@@ -221,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Run ``skpose`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     args = build_parser().parse_args(argv)
-    command = getattr(_commands, args.command)
+    command = _search.search if args.command == "search" else None
+    command = command or getattr(_commands, args.command)
     try:
         return _safety.run(command, args)  # outputs checked first; 130/143 on signals
     except (ValueError, TypeError, OSError) as exc:

@@ -182,6 +182,8 @@ def _estimator(args, volume_path: Path):
         device=args.device,
         random_state=args.seed,
         verbose=args.verbose,
+        simulate_from_map=getattr(args, "simulate_from_map", 0.0),
+        fallback=getattr(args, "fallback", None),
     )
 
 
@@ -368,17 +370,27 @@ def predict(args) -> None:
         poses = est.predict_poses(raw, shifts_px=shifts[rows] * factor, ctf=ctf)
         quats[rows], conf[rows] = poses.quaternions, poses.score
         shifts[rows] = poses.shifts_px / factor
-    out = Path(args.out)
+    out = write_poses(args.out, particles, quats, shifts, conf)
+    print(f"predicted {n} particles; wrote {out}")
+
+
+def write_poses(out, particles, quats, shifts, confidence) -> Path:
+    """Write poses (origins unless None) and ``rlnSkposeConfidence`` into a STAR.
+
+    Every other column and the optics table are kept; image names are rebased so
+    that they resolve from the output's folder.
+    """
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _rebase_image_names(particles, particles, out.parent)
     write_particles(
         out,
         particles,
         quaternions=quats,
-        shifts_px=shifts if args.refine else None,
-        extra_columns={"rlnSkposeConfidence": conf},
+        shifts_px=shifts,
+        extra_columns={"rlnSkposeConfidence": confidence},
     )
-    print(f"predicted {n} particles; wrote {out}")
+    return out
 
 
 # --------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from skorch.callbacks import LRScheduler, ProgressBar
 from torch import nn
 from tqdm.auto import tqdm
 
+from skpose.estimators import _levers
 from skpose.estimators._base import PointGroup, PoseEstimator, renamed_shifts
 from skpose.estimators._training import TrainingRun
 from skpose.geometry.rotations import quat_canonical
@@ -148,6 +149,17 @@ class _Net(NeuralNet):
             return np.zeros((0, 4))
         return quat_canonical(torch.cat(out)).numpy()
 
+    def train_step_single(self, batch, **fit_params):
+        """Take skorch's step on a batch mixed with particles simulated from the map."""
+        simulator = getattr(self, "simulator", None)
+        if simulator is not None:
+            ramp = getattr(self, "curriculum_steps", 0)
+            self.sim_step = getattr(self, "sim_step", 0) + 1
+            simulator.noise_scale = min(1.0, self.sim_step / ramp) if ramp else 1.0
+            Xi, yi = batch
+            batch = simulator.mix(Xi, yi, self.simulate_fraction)
+        return super().train_step_single(batch, **fit_params)
+
 
 class OrientationEstimator(PoseEstimator):
     """Predict particle orientations (unit quaternions) from cryo-EM images.
@@ -199,7 +211,7 @@ class OrientationEstimator(PoseEstimator):
         images' full box (the algorithm of :func:`skpose.search.refine`, with the
         three ``refine_*`` parameters below): ``predict`` and :meth:`predict_poses`
         then return search-quality poses wherever the network was within reach.
-    refine_cone_deg : float in (0, 90] or None, default None
+    refine_cone_deg : float in (0, 90], "auto" or None, default None
         How far (degrees) refinement may move a pose from the network's; ``None``:
         45 degrees. Measured on 400 particles of the 64 px phantom (``OMP_NUM_THREADS=1
         python benchmarks/refine_cone.py --box 64 --n 400 --snr 0 1 0.1``) from starts
@@ -218,6 +230,9 @@ class OrientationEstimator(PoseEstimator):
         off behind; 90 starts so coarse that some land in wrong basins, the more so
         the noisier the images. 45 is the best or within 4 points of it in every
         row; 45 and 60 take the same five rounds, 90 six.
+        ``"auto"``: ``fit`` holds out 10 % of the labelled particles (20 to 500)
+        and sets the cone to the 90th percentile of the network's errors on them,
+        clipped to [15, 90] (``refine_cone_deg_``).
     refine_step_deg : float, default 2.0
         The refinement's last step (degrees, > 0); a quadratic fit then places each
         pose well within it (see :func:`skpose.search.refine`).
@@ -237,6 +252,25 @@ class OrientationEstimator(PoseEstimator):
         trains from scratch when there is none). A checkpoint of other parameters or
         data is refused. On the CPU the result is bitwise that of the uninterrupted
         run.
+    simulate_from_map : float, default 0.0
+        Fraction (in [0, 1)) of every training batch replaced by particles simulated
+        on the fly from ``volume`` at uniformly random rotations, with CTFs and
+        origins drawn from the labelled particles' and white noise at the SNR
+        measured on them (signal of the CTF-modulated projection at the labelled
+        pose against the residual; see :mod:`skpose.learn._simulated`). Seeded by
+        ``random_state``. 0: the paper's training on labelled particles only.
+    fallback : {None, "search"}, default None
+        ``"search"``: ``fit`` holds out labelled particles as for ``"auto"`` and
+        calibrates a confidence threshold on them (``fallback_threshold_``, see
+        :mod:`skpose.search._fallback`); with ``refine=True``, particles whose
+        refined confidence falls below it are searched again (global search at
+        ``fallback_step_deg`` + refinement) and keep the better pose.
+    fallback_step_deg : float, default 15.0
+        Grid spacing of the fallback search.
+    snr_curriculum : bool, default False
+        With ``simulate_from_map > 0``: the simulated particles' noise grows
+        linearly from none to the measured level over the first half of
+        ``max_iter`` (clean views first), then stays there.
 
     Attributes
     ----------
@@ -258,6 +292,17 @@ class OrientationEstimator(PoseEstimator):
         Iterations trained so far (fewer than ``max_iter`` after an interrupt).
     n_features_in_ : int
         ``input_box_ ** 2``.
+    simulated_noise_ : NoiseModel
+        With ``simulate_from_map > 0``: the amplitude, noise and SNR measured on the
+        labelled particles at the network's size.
+    refine_cone_deg_ : float
+        The refinement cone (``refine_cone_deg``, or the calibrated one).
+    fallback_threshold_ : float
+        With calibration: the confidence below which particles fall back
+        (``-inf``: none).
+    calibration_ : dict
+        With calibration: held-out network and refined errors, scores, cone and
+        threshold.
 
     Examples
     --------
@@ -290,6 +335,15 @@ class OrientationEstimator(PoseEstimator):
         "random_state": [None, Interval(Integral, 0, None, closed="left")],
         "warm_start": ["boolean"],
         "refine": ["boolean"],
+        "refine_cone_deg": [
+            None,
+            Interval(Real, 0, 90, closed="right"),
+            StrOptions({"auto"}),
+        ],
+        "simulate_from_map": [Interval(Real, 0, 1, closed="left")],
+        "fallback": [None, StrOptions({"search"})],
+        "fallback_step_deg": [Interval(Real, 0, 90, closed="right")],
+        "snr_curriculum": ["boolean"],
         "checkpoint_dir": [None, str, os.PathLike],
         "checkpoint_every": [Interval(Integral, 1, None, closed="left")],
         "resume": ["boolean"],
@@ -320,6 +374,10 @@ class OrientationEstimator(PoseEstimator):
         checkpoint_dir=None,
         checkpoint_every=100,
         resume=False,
+        simulate_from_map=0.0,
+        fallback=None,
+        fallback_step_deg=15.0,
+        snr_curriculum=False,
     ):
         self.volume = volume
         self.w = w
@@ -343,6 +401,10 @@ class OrientationEstimator(PoseEstimator):
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every = checkpoint_every
         self.resume = resume
+        self.simulate_from_map = simulate_from_map
+        self.fallback = fallback
+        self.fallback_step_deg = fallback_step_deg
+        self.snr_curriculum = snr_curriculum
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -351,6 +413,11 @@ class OrientationEstimator(PoseEstimator):
 
     def _default_cone_deg(self) -> float:
         return _NETWORK_CONE_DEG
+
+    def _cone_deg(self) -> float:
+        if isinstance(self.refine_cone_deg, str):  # "auto": calibrated by fit
+            return float(self.refine_cone_deg_)
+        return super()._cone_deg()
 
     # ----------------------------------------------------------------------------
     # Validation and data preparation
@@ -472,9 +539,31 @@ class OrientationEstimator(PoseEstimator):
         self._fit_volume(X, resolve_image_size(self.architecture, self.image_size))
         self.trained_with_ctf_ = ctf is not None
         y = self._targets(q, shifts_px, X.shape[-1])
-        self.net_ = self._build_net(self.volume_, self.max_iter, len(q))
+        rows = held = slice(None)
+        if _levers.needs_calibration(self):
+            rows, held = _levers.calibration_rows(len(q), self._seed())
+        self.net_ = self._build_net(self.volume_, self.max_iter, len(y[rows]))
         self.n_iter_ = 0
-        return self._train(self._network_input(X, ctf), y)
+        if not isinstance(self.refine_cone_deg, str):
+            self.refine_cone_deg_ = self._cone_deg()
+        self._train_on(X[rows], y[rows], None if ctf is None else ctf[rows])
+        if _levers.needs_calibration(self):
+            held_ctf = None if ctf is None else ctf[held]
+            _levers.calibrate(self, X[held], q[held], held_ctf)
+        return self
+
+    def _train_on(self, X: torch.Tensor, y: np.ndarray, ctf):
+        """Train on labelled images, mixed with simulated ones when asked."""
+        if self.simulate_from_map > 0:
+            _levers.attach_simulator(self, X, y[:, :4], y[:, 4:], ctf)
+            self.net_.simulate_fraction = float(self.simulate_from_map)
+            self.net_.sim_step = 0
+            ramp = self.max_iter // 2 if self.snr_curriculum else 0
+            self.net_.curriculum_steps = ramp
+        try:
+            return self._train(self._network_input(X, ctf), y.astype(np.float32))
+        finally:
+            self.net_.simulator = None  # not pickled with the model
 
     @renamed_shifts
     def partial_fit(self, images, quaternions, shifts_px=None, ctf=None):
@@ -509,7 +598,7 @@ class OrientationEstimator(PoseEstimator):
         self.net_.iterator_train__sampler = _IterationSampler(
             len(q), self.batch_size, self.max_iter, self._seed()
         )
-        return self._train(self._network_input(X, ctf), y)
+        return self._train_on(X, y, ctf)
 
     def _train(self, X: np.ndarray, y: np.ndarray):
         # Counts n_iter_, checkpoints, resumes, and raises interrupts skorch swallows.
@@ -529,8 +618,12 @@ class OrientationEstimator(PoseEstimator):
             self._network_input(X, ctf), self.verbose >= 1
         )
 
-    def _poses(self, X: torch.Tensor, start: np.ndarray, ctf) -> Poses:
-        """Network poses, refined when ``refine=True``, scored at the full box."""
+    def _poses(self, X: torch.Tensor, start: np.ndarray, ctf):
+        """Network poses, refined when ``refine=True``, scored at the full box.
+
+        Returns the :class:`Poses` and the mask of the particles that fell back to
+        the global search (``fallback="search"``).
+        """
         q = self._network(X, ctf)
         device = self.net_.device
         x = X.to(device)
@@ -538,7 +631,12 @@ class OrientationEstimator(PoseEstimator):
         margin = np.full(len(q), np.nan)
         if self.refine:
             q, start, _, margin = self._refined(projector, x, q, start, ctf)
-        return self._scored(projector, x, q, start, margin, ctf)
+        out = self._scored(projector, x, q, start, margin, ctf)
+        fell_back = np.zeros(len(q), dtype=bool)
+        calibrated = hasattr(self, "fallback_threshold_")
+        if self.refine and self.fallback == "search" and calibrated:
+            out, fell_back = _levers.fall_back(self, x, ctf, out)
+        return out, fell_back
 
     def predict(self, images, ctf=None) -> np.ndarray:
         """Orientations of images, in batches (refined when ``refine=True``).
@@ -559,11 +657,13 @@ class OrientationEstimator(PoseEstimator):
         X = self._fitted_images(images)
         ctf = self._ctf_as_trained(ctf, X.shape[0])
         if self.refine:
-            return self._poses(X, np.zeros((X.shape[0], 2)), ctf).quaternions
+            return self._poses(X, np.zeros((X.shape[0], 2)), ctf)[0].quaternions
         return self._network(X, ctf)
 
     @renamed_shifts
-    def predict_poses(self, images, shifts_px=None, ctf=None) -> Poses:
+    def predict_poses(
+        self, images, shifts_px=None, ctf=None, *, return_fallback=False
+    ) -> Poses:
         """Orientations, origins and a per-particle confidence.
 
         Parameters
@@ -590,10 +690,15 @@ class OrientationEstimator(PoseEstimator):
             poses and origins are refined and ``margin`` is the refinement's (see
             :func:`skpose.search.refine`); otherwise origins are ``shifts_px`` and
             ``margin`` is NaN.
+        fallback : numpy.ndarray of shape (n,), bool
+            Only with ``return_fallback=True``: the particles that went through the
+            fallback search (``fallback="search"`` and ``refine=True``; otherwise
+            all False).
         """
         X = self._fitted_images(images)
         ctf = self._ctf_as_trained(ctf, X.shape[0])
-        return self._poses(X, self._origins(shifts_px, X.shape[0]), ctf)
+        out, fell_back = self._poses(X, self._origins(shifts_px, X.shape[0]), ctf)
+        return (out, fell_back) if return_fallback else out
 
     @renamed_shifts
     def score(self, images, quaternions, shifts_px=None, ctf=None) -> float:
@@ -624,7 +729,7 @@ class OrientationEstimator(PoseEstimator):
         ctf = self._ctf_as_trained(ctf, X.shape[0])
         origins = self._origins(shifts_px, len(q_true))
         if self.refine:
-            q_pred = self._poses(X, origins, ctf).quaternions
+            q_pred = self._poses(X, origins, ctf)[0].quaternions
         else:
             q_pred = self._network(X, ctf)
         scale = self.image_size_ / self.input_box_
