@@ -111,7 +111,7 @@ def refine_poses(est, X: torch.Tensor, q, shifts, ctf, cone_deg: float) -> Poses
         ctf=ctf,
         cone_deg=cone_deg,
         final_step_deg=FINAL_STEP_DEG,
-        max_shift_px=float(est.refine_shift_px),
+        max_shift_px=float(getattr(est, "refine_shift_px", 4.0)),
         symmetry=est.symmetry or "C1",
     )
     return Poses(*(t.cpu().numpy() for t in poses))

@@ -746,10 +746,12 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
         x = X.to(self.net_.device)
         fell_back = np.zeros(n, dtype=bool)
         if self.refine:
-            cone = self.refine_cone_deg
+            # Models pickled before these parameters existed refine as they did.
+            cone = getattr(self, "refine_cone_deg", _REFINE_CONE_DEG)
             cone = self.refine_cone_deg_ if cone == "auto" else float(cone)
             out = _levers.refine_poses(self, x, q, start, ctf, cone)
-            if self.fallback == "search" and hasattr(self, "fallback_threshold_"):
+            fallback = getattr(self, "fallback", None)
+            if fallback == "search" and hasattr(self, "fallback_threshold_"):
                 out, fell_back = _levers.fall_back(self, x, ctf, out)
         else:
             volume = torch.as_tensor(self._full_volume(), device=x.device)
