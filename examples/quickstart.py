@@ -88,7 +88,6 @@ def main(argv=None):
     est = OrientationEstimator(
         volume, w=0.8, lr=1e-3, max_iter=args.max_iter, batch_size=32,
         architecture="small", image_size=32, random_state=args.seed, verbose=1,
-        simulate_from_map=0.5,  # half of every batch simulated from the map
         fallback="search",  # calibrate a confidence threshold on held-out particles
     )  # fmt: skip
     train_ctf = None if ctf is None else ctf[np.arange(n_train)]

@@ -114,7 +114,7 @@ def test_paper_configuration_still_trains(data):
     assert np.isfinite(est.net_.history[-1, "train_loss"])
     for name in ("simulated_noise_", "calibration_", "fallback_threshold_"):
         assert not hasattr(est, name)
-    assert est.refine_cone_deg_ == 60.0
+    assert est.refine_cone_deg_ == est._cone_deg() == 45.0  # the measured default
 
 
 def test_fallback_researches_low_confidence_particles(data):
