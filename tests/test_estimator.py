@@ -207,8 +207,8 @@ def test_model_pickled_on_cuda_predicts_on_cpu(vol, data, tmp_path):
         ),
         (
             {"refine_cone_deg": 0},
-            r"'refine_cone_deg' parameter of OrientationEstimator must be None or a "
-            r"float in the range \(0.0, 90.0\]",
+            r"'refine_cone_deg' parameter of OrientationEstimator must be None, a "
+            r"float in the range \(0.0, 90.0\] or a str among {'auto'}",
         ),
         ({"refine_cone_deg": 120.0}, "'refine_cone_deg' parameter"),
         (
