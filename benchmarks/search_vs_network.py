@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
-from skpose import ProjectionMatcher
 
 import skpose
+from skpose import ProjectionMatcher
 from skpose.imaging.preprocess import fourier_crop
 
 HERE = Path(__file__).resolve().parent

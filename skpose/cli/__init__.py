@@ -20,6 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from skpose._threads import set_threads
 from skpose.cli import _commands
 
 __all__ = ["main"]
@@ -38,6 +39,12 @@ _EXAMPLES = {
 }
 
 
+_THREADS_HELP = (
+    "torch threads (default: $OMP_NUM_THREADS when set, else the CPUs this process "
+    "may use); on a machine shared with other work, 1"
+)
+
+
 def _floats(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
@@ -48,13 +55,15 @@ def _floats(text: str) -> list[float]:
 
 
 def _subparser(sub, name: str, help_text: str):
-    return sub.add_parser(
+    p = sub.add_parser(
         name,
         help=help_text,
         description=help_text,
         epilog=f"example:\n  {_EXAMPLES[name]}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--threads", type=int, default=None, help=_THREADS_HELP)
+    return p
 
 
 def _add_simulate(sub) -> None:
@@ -121,8 +130,22 @@ def _add_predict(sub) -> None:
         default=None,
         help="the model's map, for --refine (default: the path recorded by fit)",
     )
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument(
+        "--batch-size", type=int, default=256, help="particles per chunk (task)"
+    )
     p.add_argument("--max-open-files", type=int, default=32)
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        help="dask scheduler address (tcp://host:8786): predict on its workers",
+    )
+    p.add_argument("--scheduler-timeout", type=float, default=10.0, help="seconds")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="the network's forward pass (bf16: see docs/gpu.md)",
+    )
 
 
 def _add_evaluate(sub) -> None:
@@ -171,6 +194,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     command = getattr(_commands, args.command)
     try:
+        set_threads(args.threads)
         command(args)
     except (ValueError, TypeError, OSError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)

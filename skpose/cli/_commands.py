@@ -16,6 +16,7 @@ import importlib.util
 import json
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import joblib
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 import skpose
+from skpose import distributed
 from skpose.imaging.preprocess import fourier_resize, phase_flip
 from skpose.io import (
     iter_particle_images,
@@ -247,6 +249,45 @@ def _refining(model: dict, volume: Path | None):
     return est.set_params(volume=str(path), refine=True)
 
 
+class _PredictSetup(NamedTuple):
+    """What every chunk of ``skpose predict`` needs (sent once to each worker)."""
+
+    estimator: object
+    target_box: int | None  # rescale the particles to the model's box, or None
+    pixel_size_angstrom: float  # the model's
+    refine: bool
+    precision: str
+
+
+def _predict_chunk(setup: _PredictSetup, raw, shifts_px, ctf):
+    """Poses of one chunk: quaternions, confidence and (with --refine) origins."""
+    est, target = setup.estimator, setup.target_box
+    factor = 1.0 if target is None else target / raw.shape[-1]
+    if target is not None:
+        raw = fourier_resize(raw, target)
+        if ctf is not None:
+            ctf.pixel_size_angstrom = np.full(len(ctf), setup.pixel_size_angstrom)
+    shifts_px = shifts_px * factor
+    if setup.refine:
+        poses = est.predict_poses(raw, shifts_px, ctf, precision=setup.precision)
+        return poses.quaternions, poses.score, poses.shifts_px / factor
+    q = est.predict(raw, ctf=ctf, precision=setup.precision)
+    score = _confidence(est, raw, q, shifts_px, ctf)
+    if isinstance(score, torch.Tensor):  # images on a GPU
+        score = score.cpu().numpy()
+    return q, score, None
+
+
+def _scheduler(address, timeout_s):
+    """A client of the dask scheduler at ``address``, or None without one."""
+    if address is None:
+        return None
+    try:
+        return distributed.connect(address, timeout_s=timeout_s)
+    except ImportError as exc:  # dask is an optional extra
+        raise ValueError(f"--scheduler: {exc}") from exc
+
+
 def predict(args) -> None:
     """``skpose predict``: stream the particles through the model; write a STAR.
 
@@ -254,38 +295,44 @@ def predict(args) -> None:
     at the particles' box (``OrientationEstimator(refine=True)``), origins are
     updated, and the confidence is the refined normalised cross-correlation; without
     it, the confidence is that correlation at the network pose, at the network's size.
+    Chunks of ``--batch-size`` particles run here or, with ``--scheduler``, on a dask
+    cluster's workers (which read the images themselves; see
+    :func:`skpose.distributed.map_chunks`): the same chunks, the same poses (up to
+    the float rounding of the refinement, which depends on the thread count).
     """
     model = _load_model(args.model)
     est = _refining(model, args.volume) if args.refine else model["estimator"]
     est.set_params(verbose=0)  # one progress bar below, not one per batch
     particles = read_particles(args.particles)
-    target = _rescale_box(particles, model)
+    setup = _PredictSetup(
+        est,
+        _rescale_box(particles, model),
+        model["pixel_size_angstrom"],
+        bool(args.refine),
+        args.precision,
+    )
     n = len(particles)
     quats, conf = np.zeros((n, 4)), np.zeros(n)
     shifts = particles.origins_px.astype(np.float64)
-    ctf_all = particles.ctf if _has_ctf(particles) else None
-    batches = iter_particle_images(
-        particles, args.batch_size, max_open_files=args.max_open_files
+    client = _scheduler(args.scheduler, args.scheduler_timeout)
+    chunks = distributed.map_chunks(
+        _predict_chunk,
+        particles,
+        setup,
+        client=client,
+        chunk_size=args.batch_size,
+        device=est.net_.device,
+        max_open_files=args.max_open_files,
+        progress=None,  # a progress bar on a terminal (none in a file or a pipe)
     )
-    # A progress bar on a terminal (none when stderr is a file or a pipe).
-    total = -(-n // args.batch_size)
-    progress = tqdm(batches, total=total, desc="predict", unit="batch", disable=None)
-    for rows, raw in progress:
-        factor = 1.0 if target is None else target / raw.shape[-1]
-        if target is not None:
-            raw = fourier_resize(raw, target)
-        ctf = None if ctf_all is None else ctf_all[rows]
-        if ctf is not None and target is not None:
-            ctf.pixel_size_angstrom = np.full(len(rows), model["pixel_size_angstrom"])
-        batch_shifts = shifts[rows] * factor
-        if args.refine:
-            poses = est.predict_poses(raw, shifts=batch_shifts, ctf=ctf)
-            q, conf[rows] = poses.quaternions, poses.score
-            shifts[rows] = poses.shifts_px / factor
-        else:
-            q = est.predict(raw, ctf=ctf)
-            conf[rows] = _confidence(est, raw, q, batch_shifts, ctf)
-        quats[rows] = q
+    try:
+        for rows, (q, c, t) in chunks:
+            quats[rows], conf[rows] = q, c
+            if t is not None:
+                shifts[rows] = t
+    finally:
+        if client is not None:
+            client.close()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _rebase_image_names(particles, particles, out.parent)

@@ -329,7 +329,7 @@ class ProjectionMatcher(VolumeReprMixin, BaseEstimator):
         )
         return res.quaternions, res.shifts_px, res.score, margin
 
-    def predict_poses(self, images, ctf=None) -> Poses:
+    def predict_poses(self, images, ctf=None, *, client=None) -> Poses:
         """Best orientation, origin and confidence of each image.
 
         Parameters
@@ -339,6 +339,11 @@ class ProjectionMatcher(VolumeReprMixin, BaseEstimator):
         ctf : CTFParams, optional
             The images' CTF (``n`` particles, or 1 for all); references are then
             CTF-modulated (exactly, see :mod:`skpose.search`).
+        client : dask.distributed.Client or str or True, optional
+            Search on a dask cluster (a client, a scheduler address, or True for the
+            active client): chunks of 1024 images are scattered to the workers, the
+            matcher goes once to each; see
+            :func:`skpose.distributed.predict_particles`.
 
         Returns
         -------
@@ -347,6 +352,10 @@ class ProjectionMatcher(VolumeReprMixin, BaseEstimator):
             viewing direction more than two grid steps away (symmetry-aware), both at
             the search's resolution.
         """
+        if client is not None:
+            from skpose.estimators._distributed import run_method
+
+            return run_method(self, "predict_poses", images, ctf=ctf, client=client)
         x, ctf = self._prepare(images, ctf)
         size = min(self.batch_size, _search.image_batch(len(self.offsets_px_)))
         parts = []
@@ -356,15 +365,20 @@ class ProjectionMatcher(VolumeReprMixin, BaseEstimator):
                 parts.append(self._search_batch(x[sl], c))
         return _as_output(parts, self.input_box_ / self.image_size_, True)
 
-    def predict(self, images, ctf=None) -> np.ndarray:
+    def predict(self, images, ctf=None, *, client=None) -> np.ndarray:
         """Orientations of images (the quaternions of :meth:`predict_poses`).
+
+        Parameters
+        ----------
+        images, ctf, client
+            As in :meth:`predict_poses`.
 
         Returns
         -------
         numpy.ndarray of shape (n, 4), float64
             Canonical unit quaternions ``(w, x, y, z)``, ``w >= 0``.
         """
-        return self.predict_poses(images, ctf).quaternions
+        return self.predict_poses(images, ctf, client=client).quaternions
 
     def refine(
         self,

@@ -36,6 +36,7 @@ from skpose._validation import (
     is_real,
     to_tensor,
 )
+from skpose.estimators import _inference
 from skpose.geometry.rotations import quat_canonical
 from skpose.geometry.symmetry import group_order
 from skpose.imaging.preprocess import fourier_resize, normalize_images, phase_flip
@@ -122,18 +123,27 @@ class _IterationSampler(torch.utils.data.Sampler):
 class _Net(NeuralNet):
     """skorch's NeuralNet with inference in batches and a progress bar."""
 
-    def predict_quaternions(self, X: np.ndarray, verbose: bool) -> np.ndarray:
-        """Forward ``X`` in batches of ``batch_size``; numpy float64 ``(n, 4)``."""
+    def predict_quaternions(
+        self, X: np.ndarray, verbose: bool, precision: str = "fp32", compile=False
+    ) -> np.ndarray:
+        """Forward ``X`` in batches of ``batch_size``; numpy float64 ``(n, 4)``.
+
+        ``precision`` and ``compile``: see :meth:`OrientationEstimator.predict`.
+        """
         self.module_.eval()
+        forward = _inference.compiled(self.module_) if compile else self.infer
         out = []
         starts = range(0, len(X), self.batch_size)
-        with torch.no_grad():
+        with torch.no_grad(), _inference.autocast(self.device, precision):
             for s in tqdm(starts, disable=not verbose, desc="predict", unit="batch"):
                 batch = torch.as_tensor(X[s : s + self.batch_size], device=self.device)
-                out.append(self.infer(batch).double().cpu())
+                out.append(forward(batch).double().cpu())
         if not out:
             return np.zeros((0, 4))
-        return quat_canonical(torch.cat(out)).numpy()
+        q = torch.cat(out)
+        if precision != "fp32":  # unit to float64 precision, as float32 outputs are
+            q = q / torch.linalg.vector_norm(q, dim=1, keepdim=True)
+        return quat_canonical(q).numpy()
 
 
 def _resolve_device(device: str) -> str:
@@ -393,10 +403,12 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
     # ----------------------------------------------------------------------------
 
     def _prepare(self, images: torch.Tensor) -> np.ndarray:
-        """Rescale to the network's size and normalise; float32 numpy."""
+        """Rescale to the network's size and normalise; float32 numpy on the CPU."""
         if images.shape[-1] != self.image_size_:
             images = fourier_resize(images, self.image_size_)
         normalized = normalize_images(images, constant="whole")
+        if normalized.device.type != "cpu":  # predict on a GPU: stay there
+            return normalized.to(torch.float32)
         return normalized.numpy().astype(np.float32, copy=False)
 
     def _network_input(self, images: torch.Tensor, ctf) -> np.ndarray:
@@ -572,37 +584,71 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
     # Inference
     # ----------------------------------------------------------------------------
 
-    def predict(self, images, ctf=None) -> np.ndarray:
+    def predict(
+        self, images, ctf=None, *, client=None, precision="fp32", compile=False
+    ) -> np.ndarray:
         """Orientations of images, in batches (refined when ``refine=True``).
 
         Parameters
         ----------
         images : array of shape (n, N, N) or (n, N * N)
-            With the box the estimator was fitted on.
+            With the box the estimator was fitted on: numpy, or a torch tensor (on
+            the network's device, the preprocessing runs there too).
         ctf : CTFParams, optional
             The images' CTF, as in :meth:`fit`.
+        client : dask.distributed.Client or str or True, optional
+            Predict on a dask cluster: a client, a scheduler address
+            (``"tcp://host:8786"``), or True for the active client. The images are
+            cut into chunks of 1024 that are scattered to the workers; the estimator
+            and its map go once to each worker; the result equals this process's.
+            :func:`skpose.distributed.predict_particles` also streams particles
+            from a STAR file, each worker reading its own images.
+        precision : {"fp32", "bf16"}, default "fp32"
+            The network's forward pass in float32, or under bfloat16 autocast
+            (the refinement and the scores stay float32); ``docs/gpu.md`` gives
+            the speed and the change in angular error.
+        compile : bool, default False
+            Run the network through :func:`torch.compile` (compiled once per
+            network; no gain measured on the CPU, see ``docs/gpu.md``).
 
         Returns
         -------
         numpy.ndarray of shape (n, 4), float64
             Canonical unit quaternions ``(w, x, y, z)``, ``w >= 0``.
         """
+        options = {"precision": precision, "compile": compile}
+        if client is not None:
+            from skpose.estimators._distributed import run_method
+
+            return run_method(
+                self, "predict", images, None, ctf, client=client, **options
+            )
         if self.refine:
-            return self.predict_poses(images, ctf=ctf).quaternions
+            return self.predict_poses(images, ctf=ctf, **options).quaternions
+        _inference.check_options("OrientationEstimator.predict", precision, compile)
         check_is_fitted(self, "net_")
         X = self._images(images)
         self._check_box(X)
         return self.net_.predict_quaternions(
-            self._network_input(X, ctf), self.verbose >= 1
+            self._network_input(X, ctf), self.verbose >= 1, precision, compile
         )
 
-    def predict_poses(self, images, shifts=None, ctf=None) -> Poses:
+    def predict_poses(
+        self,
+        images,
+        shifts=None,
+        ctf=None,
+        *,
+        client=None,
+        precision="fp32",
+        compile=False,
+    ) -> Poses:
         """Orientations, origins and a per-particle confidence.
 
         Parameters
         ----------
         images : array of shape (n, N, N) or (n, N * N)
-            With the box the estimator was fitted on.
+            With the box the estimator was fitted on (numpy, or a torch tensor).
         shifts : array of shape (n, 2), optional
             Known RELION origins in pixels (e.g. from extraction), the refinement's
             start; default zeros.
@@ -610,6 +656,9 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
             The images' CTF: the network sees the images phase-flipped (as in
             :meth:`fit`), the refinement and the score compare them with
             CTF-modulated projections.
+        client, precision, compile
+            As in :meth:`predict`: on a dask cluster the refinement runs on the
+            workers too.
 
         Returns
         -------
@@ -621,6 +670,14 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
             is the refinement's (see :func:`skpose.search.refine`); otherwise
             origins are ``shifts`` and ``margin`` is NaN.
         """
+        options = {"precision": precision, "compile": compile}
+        if client is not None:
+            from skpose.estimators._distributed import run_method
+
+            return run_method(
+                self, "predict_poses", images, shifts, ctf, client=client, **options
+            )
+        _inference.check_options("OrientationEstimator.predict_poses", **options)
         check_is_fitted(self, "net_")
         X = self._images(images)
         self._check_box(X)
@@ -628,7 +685,7 @@ class OrientationEstimator(VolumeReprMixin, BaseEstimator):
         ctf = check_ctf(ctf, n)
         start = np.zeros((n, 2)) if shifts is None else shifts
         q = self.net_.predict_quaternions(
-            self._network_input(X, ctf), self.verbose >= 1
+            self._network_input(X, ctf), self.verbose >= 1, precision, compile
         )
         device = self.net_.device
         x = X.to(device)
