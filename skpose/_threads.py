@@ -4,11 +4,12 @@ Importing this module (``import skpose`` does, before torch) sets
 ``OMP_WAIT_POLICY=PASSIVE`` unless the environment already chooses a wait policy
 (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME``): torch's OpenMP runtime
 (libgomp in the CPU wheels) otherwise spins at every barrier, waiting for a thread that
-other processes keep off its core. On the 2-core development VM loaded by other work,
-training the README's network with 2 threads took 150-205 s per epoch spinning, 30 s
-passive and 7-10 s with 1 thread (``benchmarks/threads.py``, figures in
-``benchmarks/README.md``). The policy is read once, when torch's OpenMP runtime loads:
-it has no effect on a process that imported torch before skpose.
+other processes keep off its core. On the 2-core development VM, loaded by other work
+(and by one ``yes`` per core), an epoch of the README's training with 2 threads took
+113 s (428 s) spinning and 16-22 s (18-23 s) passive; 1 passive thread took 11-12 s
+(27-28 s): ``benchmarks/threads.py``, figures in ``benchmarks/README.md``. The policy
+is read once, when torch's OpenMP runtime loads: it has no effect on a process that
+imported torch before skpose.
 
 :func:`default_threads` is the thread count of the command line unless ``--threads``
 says otherwise: ``OMP_NUM_THREADS`` when set, else :func:`available_cpus`, the CPUs
@@ -17,8 +18,8 @@ often grant fewer CPUs than the affinity mask shows, and torch's own default ign
 the quota).
 It does not look at the machine's load: the thread count changes the rounding of
 training (not of the network's predictions), so a load-dependent default would make
-results depend on what else runs. On a machine shared with other work, pass
-``--threads 1``.
+results depend on what else runs; and with threads that sleep, neither 1 nor 2
+threads won on both the quiet and the loaded VM.
 """
 
 from __future__ import annotations

@@ -136,6 +136,34 @@ def test_prefetched_keeps_order_and_closes_its_source():
     assert closed  # the first generator ran out and closed
 
 
+def test_device_copies():
+    x = np.ones((2, 3), dtype=np.float32)
+    assert _inference.to_device(x, "cpu") is x  # today's CPU path: untouched
+    assert _inference.pinned(x, "cpu") is x  # pinning is for CUDA only
+    moved = _inference.to_device(x, "meta")  # any other device: a tensor there
+    assert moved.device.type == "meta" and moved.shape == (2, 3)
+
+
+def test_tensor_images_give_the_numpy_result(data):
+    sim, est = data["sim"], data["est"]
+    images = sim.images[:50]
+    np.testing.assert_array_equal(
+        est.predict(torch.as_tensor(images)), est.predict(images)
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"precision": "fp16"}, "'precision' of OrientationEstimator.predict_poses"),
+        ({"compile": 1}, "'compile' of OrientationEstimator.predict_poses"),
+    ],
+)
+def test_estimator_checks_its_inference_options(data, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        data["est"].predict(data["sim"].images[:2], **kwargs)
+
+
 def test_bf16_is_close_to_fp32_and_unit(data):
     sim, est = data["sim"], data["est"].set_params(refine=False)
     try:
@@ -170,6 +198,28 @@ def test_matcher_takes_no_network_options(data):
     matcher.fit(sim.images[:2])
     with pytest.raises(ValueError, match="apply to OrientationEstimator"):
         predict_particles(matcher, sim.images[:4], precision="bf16")
+
+
+def test_tasks_carry_rows_of_the_table_with_an_absolute_folder(data, monkeypatch):
+    from skpose.estimators._distributed import _Source
+
+    monkeypatch.chdir(data["dir"])
+    source = _Source.of("particles.star")
+    payload = source.chunk(np.arange(10, 20))
+    assert payload.path.is_absolute() and payload.blocks == {}
+    assert len(payload) == 10 and payload.image_files[0].parent == data["dir"]
+
+
+def test_dask_malloc_setting_gets_an_mmap_threshold(monkeypatch):
+    from skpose.estimators import _distributed
+
+    monkeypatch.setitem(_distributed._STATS, "malloc_tuned", False)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    _distributed._restore_mmap_threshold()
+    assert not _distributed._STATS["malloc_tuned"]  # not under dask: left alone
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    _distributed._restore_mmap_threshold()  # calls glibc's mallopt
+    assert _distributed._STATS["malloc_tuned"]
 
 
 def test_wrong_box_fails_before_any_chunk(data):
@@ -309,7 +359,7 @@ def _kill_a_worker_after(client, chunks_done: int, killed: list) -> threading.Th
     return thread
 
 
-@pytest.mark.slow  # 40-60 s on the loaded 2-core VM: the killed worker restarts
+@pytest.mark.slow  # 7-8 s on the VM lightly loaded, 25-60 s heavily: a worker restarts
 @pytest.mark.parametrize("source", ["star", "arrays"])
 def test_lost_worker_loses_nothing(client, data, local_poses, source):
     sim, rows = data["sim"], slice(0, N_PARTICLES // 2)

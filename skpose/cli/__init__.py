@@ -41,7 +41,7 @@ _EXAMPLES = {
 
 _THREADS_HELP = (
     "torch threads (default: $OMP_NUM_THREADS when set, else the CPUs this process "
-    "may use); on a machine shared with other work, 1"
+    "may use)"
 )
 
 

@@ -27,7 +27,9 @@ On a cluster (a ``dask.distributed.Client``):
 from __future__ import annotations
 
 import copy
+import ctypes
 import dataclasses
+import os
 import threading
 import time
 import uuid
@@ -71,6 +73,7 @@ _INSTALL = (
 _LOCK = threading.Lock()
 _LOADERS: dict[tuple[int, int], ParticleImageLoader] = {}
 _STATS = {"chunks": 0}
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
 @dataclasses.dataclass
@@ -198,7 +201,29 @@ def _table_ctf(table: Particles):
     return table.ctf if table.has_column("rlnDefocusU") else None
 
 
+def _restore_mmap_threshold() -> None:
+    """Undo the slowdown of dask's ``MALLOC_TRIM_THRESHOLD_``, once per process.
+
+    dask starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``; setting it freezes
+    glibc's mmap threshold at 128 kB, so every tensor larger than that is mapped and
+    unmapped again, page by page: predict ran 1.8x slower (12.5 s instead of 6.9 s
+    for 2000 particles, one thread). A 32 MiB threshold (glibc's own ceiling for its
+    dynamic one) restores the speed (6.3-6.6 s) and keeps dask's trimming. Only when
+    the variable is set and ``MALLOC_MMAP_THRESHOLD_`` is not; glibc only.
+    """
+    if _STATS.get("malloc_tuned") or "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        return
+    _STATS["malloc_tuned"] = True
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _run_chunk(job: _Job, images, shifts_px, ctf):
+    _restore_mmap_threshold()
     out = job.func(
         job.context, _inference.to_device(images, job.device), shifts_px, ctf
     )
@@ -268,8 +293,9 @@ class _Source:
 
     def chunk(self, rows: np.ndarray):
         """The payload of a task on ``rows``: a table (no other blocks), or arrays."""
-        if self.table is not None:
-            return dataclasses.replace(self.table.select(rows), blocks={})
+        if self.table is not None:  # image names resolve from an absolute folder
+            path = self.table.path and Path(os.path.abspath(self.table.path))
+            return dataclasses.replace(self.table.select(rows), path=path, blocks={})
         sl = slice(int(rows[0]), int(rows[-1]) + 1)
         return _ArrayChunk(
             self.images[sl],
