@@ -15,13 +15,9 @@ dask is optional (``pip install 'skpose[dask]'``) and imported only when a clien
 asked for.
 """
 
-from skpose.estimators._distributed import (
-    DEFAULT_CHUNK_SIZE,
-    connect,
-    map_chunks,
-    predict_particles,
-    worker_state,
-)
+from skpose.estimators._chunks import DEFAULT_CHUNK_SIZE, map_chunks, worker_state
+from skpose.estimators._cluster import connect
+from skpose.estimators._distributed import predict_particles
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",

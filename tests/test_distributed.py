@@ -201,7 +201,7 @@ def test_matcher_takes_no_network_options(data):
 
 
 def test_tasks_carry_rows_of_the_table_with_an_absolute_folder(data, monkeypatch):
-    from skpose.estimators._distributed import _Source
+    from skpose.estimators._chunks import _Source
 
     monkeypatch.chdir(data["dir"])
     source = _Source.of("particles.star")
@@ -211,15 +211,15 @@ def test_tasks_carry_rows_of_the_table_with_an_absolute_folder(data, monkeypatch
 
 
 def test_dask_malloc_setting_gets_an_mmap_threshold(monkeypatch):
-    from skpose.estimators import _distributed
+    from skpose.estimators import _chunks
 
-    monkeypatch.setitem(_distributed._STATS, "malloc_tuned", False)
+    monkeypatch.setitem(_chunks._STATS, "malloc_tuned", False)
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
-    _distributed._restore_mmap_threshold()
-    assert not _distributed._STATS["malloc_tuned"]  # not under dask: left alone
+    _chunks._restore_mmap_threshold()
+    assert not _chunks._STATS["malloc_tuned"]  # not under dask: left alone
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
-    _distributed._restore_mmap_threshold()  # calls glibc's mallopt
-    assert _distributed._STATS["malloc_tuned"]
+    _chunks._restore_mmap_threshold()  # calls glibc's mallopt
+    assert _chunks._STATS["malloc_tuned"]
 
 
 def test_wrong_box_fails_before_any_chunk(data):
