@@ -21,9 +21,15 @@ The estimators (:mod:`skpose.estimators`): :class:`OrientationEstimator`, the
 paper's network (:mod:`skpose.learn.network`) trained with its losses
 (:mod:`skpose.learn.losses`) through skorch, and :class:`ProjectionMatcher`, the
 conventional pipeline (:mod:`skpose.search`: global search, then refinement).
+:func:`predict_particles` (:mod:`skpose.distributed`) runs either over a whole STAR
+file, chunk by chunk, here or on a dask cluster. :func:`set_threads` and
+:func:`available_cpus`: torch's thread count (importing skpose makes idle OpenMP threads
+sleep rather than spin, see :mod:`skpose._threads`).
 """
 
 from skpose import _compat
+from skpose._threads import available_cpus, set_threads  # first: before torch loads
+from skpose.distributed import predict_particles
 from skpose.estimators import OrientationEstimator, ProjectionMatcher
 from skpose.geometry.rotations import (
     geodesic_distance,
@@ -88,6 +94,7 @@ __all__ = [
     "ProjectionMatcher",
     "SimulatedParticles",
     "angular_error",
+    "available_cpus",
     "compute_ctf",
     "error_summary",
     "fourier_crop",
@@ -101,6 +108,7 @@ __all__ = [
     "normalize_images",
     "phantom_volume",
     "pose_score",
+    "predict_particles",
     "project",
     "project_real_space",
     "quat_to_matrix",
@@ -116,6 +124,7 @@ __all__ = [
     "reprojection_rmse",
     "reprojection_scorer",
     "resolution_at",
+    "set_threads",
     "simulate_particles",
     "so3_grid",
     "symmetrize_volume",

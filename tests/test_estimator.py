@@ -267,7 +267,7 @@ def test_bad_data(vol, data, tmp_path):
 def _network_returns(est, monkeypatch, quats, seen=None):
     """Make the fitted network predict ``quats``, recording the images it is given."""
 
-    def fake(X, verbose):
+    def fake(X, verbose, *options):  # options: precision, compile
         if seen is not None:
             seen.append(np.array(X))
         return np.asarray(quats[: len(X)], dtype=np.float64)

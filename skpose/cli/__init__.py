@@ -28,6 +28,7 @@ import math
 import sys
 from pathlib import Path
 
+from skpose._threads import set_threads
 from skpose.cli import _commands, _safety, _search
 
 __all__ = ["main"]
@@ -52,6 +53,12 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+_THREADS_HELP = (
+    "torch threads (default: $OMP_NUM_THREADS when set, else the CPUs this process "
+    "may use)"
+)
 
 
 def _floats(text: str) -> list[float]:
@@ -89,13 +96,15 @@ _NON_NEGATIVE = _number(float, 0, strict=False)
 
 
 def _subparser(sub, name: str, help_text: str):
-    return sub.add_parser(
+    p = sub.add_parser(
         name,
         help=help_text,
         description=help_text,
         epilog=f"example:\n  {_EXAMPLES[name]}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--threads", type=_POSITIVE_INT, default=None, help=_THREADS_HELP)
+    return p
 
 
 def _add_simulate(sub) -> None:
@@ -192,6 +201,20 @@ def _add_predict(sub) -> None:
     )
     p.add_argument("--batch-size", type=_POSITIVE_INT, default=256)
     p.add_argument("--max-open-files", type=_POSITIVE_INT, default=32)
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        help="dask scheduler address (tcp://host:8786): predict on its workers",
+    )
+    p.add_argument(
+        "--scheduler-timeout", type=_POSITIVE, default=10.0, help="seconds"
+    )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="the network's forward pass (bf16: see docs/gpu.md)",
+    )
 
 
 def _add_evaluate(sub) -> None:
@@ -243,6 +266,7 @@ def main(argv=None) -> int:
     command = _search.search if args.command == "search" else None
     command = command or getattr(_commands, args.command)
     try:
+        set_threads(args.threads)
         return _safety.run(command, args)  # outputs checked first; 130/143 on signals
     except (ValueError, TypeError, OSError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)

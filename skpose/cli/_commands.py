@@ -21,6 +21,7 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import joblib
 import numpy as np
@@ -28,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 import skpose
+from skpose import distributed
 from skpose.cli import _safety
 from skpose.imaging.preprocess import fourier_resize
 from skpose.io import (
@@ -126,12 +128,16 @@ def _refuse_blank(particles, rows, images) -> None:
     blank = np.flatnonzero(flat.min(axis=1) == flat.max(axis=1))
     if len(blank):
         row = int(np.asarray(rows)[blank[0]])
-        name = particles.data["rlnImageName"].iloc[row]
-        raise ValueError(
-            f"Row {row} ({name!r}) of {particles.source} is a constant image (every "
-            f"pixel {float(flat[blank[0], 0]):g}; {len(blank)} such image(s) in "
-            "this batch): a blank or unwritten particle; remove it."
-        )
+        raise _blank_error(particles, row, float(flat[blank[0], 0]), len(blank))
+
+
+def _blank_error(particles, row: int, value: float, count: int) -> ValueError:
+    name = particles.data["rlnImageName"].iloc[row]
+    return ValueError(
+        f"Row {row} ({name!r}) of {particles.source} is a constant image (every "
+        f"pixel {value:g}; {count} such image(s) in this batch): a blank or unwritten "
+        "particle; remove it."
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -333,6 +339,51 @@ def _refining(model: dict, volume: Path | None):
     return est.set_params(volume=str(path), refine=True)
 
 
+class _PredictSetup(NamedTuple):
+    """What every chunk of ``skpose predict`` needs (sent once to each worker)."""
+
+    estimator: object
+    target_box: int | None  # rescale the particles to the model's box, or None
+    pixel_size_angstrom: float  # the model's
+    refine: bool
+    precision: str
+
+
+def _predict_chunk(setup: _PredictSetup, raw, shifts_px, ctf):
+    """Poses of one chunk: quaternions, confidence, origins, blank images.
+
+    The confidence is :func:`skpose.search.pose_score` at the particles' box, the
+    same with and without refinement. The last item is None, or for a chunk with
+    constant images ``(index in the chunk of the first, its value, their count)``:
+    the caller refuses it, naming its row.
+    """
+    flat = np.asarray(raw).reshape(len(raw), -1)
+    blanks = np.flatnonzero(flat.min(axis=1) == flat.max(axis=1))
+    if len(blanks):
+        first = int(blanks[0])
+        return None, None, None, (first, float(flat[first, 0]), len(blanks))
+    est, target = setup.estimator, setup.target_box
+    factor = 1.0 if target is None else target / raw.shape[-1]
+    if target is not None:
+        raw = fourier_resize(raw, target)
+        if ctf is not None:
+            ctf.pixel_size_angstrom = np.full(len(ctf), setup.pixel_size_angstrom)
+    poses = est.predict_poses(
+        raw, shifts_px=shifts_px * factor, ctf=ctf, precision=setup.precision
+    )
+    return poses.quaternions, poses.score, poses.shifts_px / factor, None
+
+
+def _scheduler(address, timeout_s):
+    """A client of the dask scheduler at ``address``, or None without one."""
+    if address is None:
+        return None
+    try:
+        return distributed.connect(address, timeout_s=timeout_s)
+    except ImportError as exc:  # dask is an optional extra
+        raise ValueError(f"--scheduler: {exc}") from exc
+
+
 def predict(args) -> None:
     """``skpose predict``: stream the particles through the model; write a STAR.
 
@@ -341,6 +392,10 @@ def predict(args) -> None:
     updated. The confidence is the same either way: the normalised cross-correlation
     of each image with the (CTF-modulated) projection at its written pose, at the
     particles' box (:func:`skpose.search.pose_score`).
+    Chunks of ``--batch-size`` particles run here or, with ``--scheduler``, on a dask
+    cluster's workers (which read the images themselves; see
+    :func:`skpose.distributed.map_chunks`): the same chunks, the same poses (up to
+    the float rounding of the refinement, which depends on the thread count).
     """
     model = _load_model(args.model)
     _safety.check_not_inputs(args, {"map": args.volume or model["estimator"].volume})
@@ -352,24 +407,28 @@ def predict(args) -> None:
     n = len(particles)
     quats, conf = np.zeros((n, 4)), np.zeros(n)
     shifts = particles.origins_px.astype(np.float64)
-    ctf_all = particles.ctf if _has_ctf(particles) else None
-    batches = iter_particle_images(
-        particles, args.batch_size, max_open_files=args.max_open_files
+    setup = _PredictSetup(
+        est, target, model["pixel_size_angstrom"], bool(args.refine), args.precision
     )
-    # A progress bar on a terminal (none when stderr is a file or a pipe).
-    total = -(-n // args.batch_size)
-    progress = tqdm(batches, total=total, desc="predict", unit="batch", disable=None)
-    for rows, raw in progress:
-        _refuse_blank(particles, rows, raw)
-        factor = 1.0 if target is None else target / raw.shape[-1]
-        if target is not None:
-            raw = fourier_resize(raw, target)
-        ctf = None if ctf_all is None else ctf_all[rows]
-        if ctf is not None and target is not None:
-            ctf.pixel_size_angstrom = np.full(len(rows), model["pixel_size_angstrom"])
-        poses = est.predict_poses(raw, shifts_px=shifts[rows] * factor, ctf=ctf)
-        quats[rows], conf[rows] = poses.quaternions, poses.score
-        shifts[rows] = poses.shifts_px / factor
+    client = _scheduler(args.scheduler, args.scheduler_timeout)
+    chunks = distributed.map_chunks(
+        _predict_chunk,
+        particles,
+        setup,
+        client=client,
+        chunk_size=args.batch_size,
+        device=est.net_.device,
+        max_open_files=args.max_open_files,
+        progress=None,  # a progress bar on a terminal (none in a file or a pipe)
+    )
+    try:
+        for rows, (q, c, t, blank) in chunks:
+            if blank is not None:  # a constant image: refuse, naming its row
+                raise _blank_error(particles, int(rows[blank[0]]), *blank[1:])
+            quats[rows], conf[rows], shifts[rows] = q, c, t
+    finally:
+        if client is not None:
+            client.close()
     out = write_poses(args.out, particles, quats, shifts, conf)
     print(f"predicted {n} particles; wrote {out}")
 

@@ -267,7 +267,7 @@ class ProjectionMatcher(PoseEstimator):
             )
         return self._scored(self._full_projector(X.device), X, q, t, margin, ctf)
 
-    def predict_poses(self, images, ctf=None) -> Poses:
+    def predict_poses(self, images, ctf=None, *, client=None) -> Poses:
         """Best orientation, origin and confidence of each image.
 
         Parameters
@@ -277,6 +277,11 @@ class ProjectionMatcher(PoseEstimator):
         ctf : CTFParams, optional
             The images' CTF (``n`` particles, or 1 for all); references are then
             CTF-modulated (exactly, see :mod:`skpose.search`).
+        client : dask.distributed.Client or str or True, optional
+            Search on a dask cluster (a client, a scheduler address, or True for the
+            active client): chunks of 1024 images are scattered to the workers, the
+            matcher goes once to each; see
+            :func:`skpose.distributed.predict_particles`.
 
         Returns
         -------
@@ -288,17 +293,26 @@ class ProjectionMatcher(PoseEstimator):
             direction more than two grid steps away (symmetry-aware), both at the
             search's resolution.
         """
+        if client is not None:
+            from skpose.estimators._distributed import run_method
+
+            return run_method(self, "predict_poses", images, ctf=ctf, client=client)
         return self._match(*self._inputs(images, ctf))
 
-    def predict(self, images, ctf=None) -> np.ndarray:
+    def predict(self, images, ctf=None, *, client=None) -> np.ndarray:
         """Orientations of images (the quaternions of :meth:`predict_poses`).
+
+        Parameters
+        ----------
+        images, ctf, client
+            As in :meth:`predict_poses`.
 
         Returns
         -------
         numpy.ndarray of shape (n, 4), float64
             Canonical unit quaternions ``(w, x, y, z)``, ``w >= 0``.
         """
-        return self.predict_poses(images, ctf).quaternions
+        return self.predict_poses(images, ctf, client=client).quaternions
 
     @renamed_shifts
     def refine(

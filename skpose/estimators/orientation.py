@@ -29,7 +29,7 @@ from skorch.callbacks import LRScheduler, ProgressBar
 from torch import nn
 from tqdm.auto import tqdm
 
-from skpose.estimators import _levers
+from skpose.estimators import _inference, _levers
 from skpose.estimators._base import PointGroup, PoseEstimator, renamed_shifts
 from skpose.estimators._training import TrainingRun
 from skpose.geometry.rotations import quat_canonical
@@ -136,18 +136,27 @@ class _IterationSampler(torch.utils.data.Sampler):
 class _Net(NeuralNet):
     """skorch's NeuralNet with inference in batches and a progress bar."""
 
-    def predict_quaternions(self, X: np.ndarray, verbose: bool) -> np.ndarray:
-        """Forward ``X`` in batches of ``batch_size``; numpy float64 ``(n, 4)``."""
+    def predict_quaternions(
+        self, X: np.ndarray, verbose: bool, precision: str = "fp32", compile=False
+    ) -> np.ndarray:
+        """Forward ``X`` in batches of ``batch_size``; numpy float64 ``(n, 4)``.
+
+        ``precision`` and ``compile``: see :meth:`OrientationEstimator.predict`.
+        """
         self.module_.eval()
+        forward = _inference.compiled(self.module_) if compile else self.infer
         out = []
         starts = range(0, len(X), self.batch_size)
-        with torch.no_grad():
+        with torch.no_grad(), _inference.autocast(self.device, precision):
             for s in tqdm(starts, disable=not verbose, desc="predict", unit="batch"):
                 batch = torch.as_tensor(X[s : s + self.batch_size], device=self.device)
-                out.append(self.infer(batch).double().cpu())
+                out.append(forward(batch).double().cpu())
         if not out:
             return np.zeros((0, 4))
-        return quat_canonical(torch.cat(out)).numpy()
+        q = torch.cat(out)
+        if precision != "fp32":  # unit to float64 precision, as float32 outputs are
+            q = q / torch.linalg.vector_norm(q, dim=1, keepdim=True)
+        return quat_canonical(q).numpy()
 
     def train_step_single(self, batch, **fit_params):
         """Take skorch's step on a batch mixed with particles simulated from the map."""
@@ -447,12 +456,18 @@ class OrientationEstimator(PoseEstimator):
         return np.concatenate([quaternions, origins], axis=1).astype(np.float32)
 
     def _network_input(self, images: torch.Tensor, ctf) -> np.ndarray:
-        """Network input: phase-flipped (with a CTF), rescaled, normalised; float32."""
+        """Network input: phase-flipped (with a CTF), rescaled, normalised; float32.
+
+        numpy on the CPU; a float32 tensor on the images' device when they are on a
+        GPU (predict there: the preprocessing stays there too).
+        """
         if ctf is not None:
             images = phase_flip(images, ctf)
         if images.shape[-1] != self.image_size_:
             images = fourier_resize(images, self.image_size_)
         normalized = normalize_images(images, constant="whole")
+        if normalized.device.type != "cpu":  # predict on a GPU: stay there
+            return normalized.to(torch.float32)
         return normalized.numpy().astype(np.float32, copy=False)
 
     # ----------------------------------------------------------------------------
@@ -612,19 +627,19 @@ class OrientationEstimator(PoseEstimator):
     # Inference
     # ----------------------------------------------------------------------------
 
-    def _network(self, X: torch.Tensor, ctf) -> np.ndarray:
+    def _network(self, X: torch.Tensor, ctf, precision="fp32", compile=False):
         """The network's quaternions ``(n, 4)`` for checked images and CTF."""
         return self.net_.predict_quaternions(
-            self._network_input(X, ctf), self.verbose >= 1
+            self._network_input(X, ctf), self.verbose >= 1, precision, compile
         )
 
-    def _poses(self, X: torch.Tensor, start: np.ndarray, ctf):
+    def _poses(self, X: torch.Tensor, start: np.ndarray, ctf, **options):
         """Network poses, refined when ``refine=True``, scored at the full box.
 
         Returns the :class:`Poses` and the mask of the particles that fell back to
         the global search (``fallback="search"``).
         """
-        q = self._network(X, ctf)
+        q = self._network(X, ctf, **options)
         device = self.net_.device
         x = X.to(device)
         projector = self._full_projector(device)
@@ -638,38 +653,72 @@ class OrientationEstimator(PoseEstimator):
             out, fell_back = _levers.fall_back(self, x, ctf, out)
         return out, fell_back
 
-    def predict(self, images, ctf=None) -> np.ndarray:
+    def predict(
+        self, images, ctf=None, *, client=None, precision="fp32", compile=False
+    ) -> np.ndarray:
         """Orientations of images, in batches (refined when ``refine=True``).
 
         Parameters
         ----------
         images : array of shape (n, N, N) or (n, N * N)
-            With the box the estimator was fitted on.
+            With the box the estimator was fitted on: numpy, or a torch tensor (on
+            the network's device, the preprocessing runs there too).
         ctf : CTFParams, optional
             The images' CTF, as in :meth:`fit`: required when the estimator was
             trained with a CTF, refused when it was not.
+        client : dask.distributed.Client or str or True, optional
+            Predict on a dask cluster: a client, a scheduler address
+            (``"tcp://host:8786"``), or True for the active client. The images are
+            cut into chunks of 1024 that are scattered to the workers; the estimator
+            and its map go once to each worker; the result equals this process's.
+            :func:`skpose.distributed.predict_particles` also streams particles
+            from a STAR file, each worker reading its own images.
+        precision : {"fp32", "bf16"}, default "fp32"
+            The network's forward pass in float32, or under bfloat16 autocast
+            (the refinement and the scores stay float32); ``docs/gpu.md`` gives
+            the speed and the change in angular error.
+        compile : bool, default False
+            Run the network through :func:`torch.compile` (compiled once per
+            network; no gain measured on the CPU, see ``docs/gpu.md``).
 
         Returns
         -------
         numpy.ndarray of shape (n, 4), float64
             Canonical unit quaternions ``(w, x, y, z)``, ``w >= 0``.
         """
+        options = {"precision": precision, "compile": compile}
+        if client is not None:
+            from skpose.estimators._distributed import run_method
+
+            return run_method(
+                self, "predict", images, None, ctf, client=client, **options
+            )
+        _inference.check_options("OrientationEstimator.predict", **options)
         X = self._fitted_images(images)
         ctf = self._ctf_as_trained(ctf, X.shape[0])
         if self.refine:
-            return self._poses(X, np.zeros((X.shape[0], 2)), ctf)[0].quaternions
-        return self._network(X, ctf)
+            start = np.zeros((X.shape[0], 2))
+            return self._poses(X, start, ctf, **options)[0].quaternions
+        return self._network(X, ctf, **options)
 
     @renamed_shifts
     def predict_poses(
-        self, images, shifts_px=None, ctf=None, *, return_fallback=False
+        self,
+        images,
+        shifts_px=None,
+        ctf=None,
+        *,
+        return_fallback=False,
+        client=None,
+        precision="fp32",
+        compile=False,
     ) -> Poses:
         """Orientations, origins and a per-particle confidence.
 
         Parameters
         ----------
         images : array of shape (n, N, N) or (n, N * N)
-            With the box the estimator was fitted on.
+            With the box the estimator was fitted on (numpy, or a torch tensor).
         shifts_px : array of shape (n, 2), optional
             Known RELION origins in pixels (e.g. from extraction), the refinement's
             start; default zeros. (``shifts=``, its old name, still works with a
@@ -678,6 +727,9 @@ class OrientationEstimator(PoseEstimator):
             The images' CTF, as in :meth:`predict`: the network sees the images
             phase-flipped (as in :meth:`fit`), the refinement and the score compare
             them with CTF-modulated projections.
+        client, precision, compile
+            As in :meth:`predict`: on a dask cluster the refinement runs on the
+            workers too.
 
         Returns
         -------
@@ -695,9 +747,18 @@ class OrientationEstimator(PoseEstimator):
             fallback search (``fallback="search"`` and ``refine=True``; otherwise
             all False).
         """
+        options = {"precision": precision, "compile": compile}
+        if client is not None:
+            from skpose.estimators._distributed import run_method
+
+            return run_method(
+                self, "predict_poses", images, shifts_px, ctf, client=client, **options
+            )
+        _inference.check_options("OrientationEstimator.predict_poses", **options)
         X = self._fitted_images(images)
         ctf = self._ctf_as_trained(ctf, X.shape[0])
-        out, fell_back = self._poses(X, self._origins(shifts_px, X.shape[0]), ctf)
+        start = self._origins(shifts_px, X.shape[0])
+        out, fell_back = self._poses(X, start, ctf, **options)
         return (out, fell_back) if return_fallback else out
 
     @renamed_shifts
