@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from skpose._validation import check_ctf, is_int, to_tensor
+from skpose._validation import is_int, to_tensor
 from skpose.estimators import _inference
+from skpose.imaging.ctf import check_ctf
 from skpose.io import (
     ParticleImageLoader,
     Particles,
