@@ -119,7 +119,9 @@ def test_no_import_cycles():
         graph[here] = {
             name
             for name, _, top_level in _imports(path)
-            if top_level and name in modules and name != here
+            if top_level
+            and name in modules
+            and name != here
             # A package importing its own submodules is how re-exports work.
             and not name.startswith(here + ".")
         }

@@ -75,5 +75,9 @@ def test_wait_policy_is_passive_unless_chosen(monkeypatch, env, expected):
 def test_cli_threads_option(restore_threads, capsys):
     assert main(["split", "missing.star", "--out", "x", "--threads", "1"]) == 2
     assert torch.get_num_threads() == 1
-    assert main(["split", "missing.star", "--out", "x", "--threads", "0"]) == 2
-    assert "'n_threads' to be None or an int >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["split", "missing.star", "--out", "x", "--threads", "0"])
+    assert exit_.value.code == 2
+    assert "argument --threads: expected an integer > 0, got '0'" in (
+        capsys.readouterr().err
+    )

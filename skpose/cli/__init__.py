@@ -206,9 +206,7 @@ def _add_predict(sub) -> None:
         default=None,
         help="dask scheduler address (tcp://host:8786): predict on its workers",
     )
-    p.add_argument(
-        "--scheduler-timeout", type=_POSITIVE, default=10.0, help="seconds"
-    )
+    p.add_argument("--scheduler-timeout", type=_POSITIVE, default=10.0, help="seconds")
     p.add_argument(
         "--precision",
         choices=["fp32", "bf16"],

@@ -128,7 +128,9 @@ def predict_particles(
         None: this process. A client, a scheduler address (``"tcp://host:8786"``)
         or True (the active client): the cluster.
     chunk_size : int, default 1024
-        Particles per task.
+        Particles per task. A multiple of the estimator's refinement batch size
+        (256) makes the same batches as one ``predict_poses`` call, and so the same
+        poses; float32 rounding in a batch depends on the batch's size.
     refine : bool or None, default None
         Override the ``refine`` parameter of an OrientationEstimator.
     precision : {"fp32", "bf16"}, default "fp32"
@@ -149,7 +151,9 @@ def predict_particles(
     -------
     Poses
         In input order; equal to the estimator's ``predict_poses`` on all the
-        images at once, up to float rounding of the refinement (1e-5 measured).
+        images at once (to 1e-5) when ``chunk_size`` is a multiple of its batch
+        size. Other chunk sizes change a refined pose where float32 rounding tips
+        a near tie (0.25 % of 2,000 particles under a barely trained model).
 
     Examples
     --------
@@ -178,6 +182,6 @@ def run_method(estimator, method: str, images, shifts_px=None, ctf=None, **kw):
 
 def _predict(work: _Predict, source: _Source, client, plan: _Plan):
     if source.box is not None:  # the estimator's own error, before any chunk runs
-        work.estimator._check_box(torch.empty(0, source.box, source.box))
+        work.estimator._fitted_images(torch.zeros(1, source.box, source.box))
     results = _map(_predict_chunk, source, work, client, plan)
     return _assemble(results, len(source), work.method)
