@@ -271,7 +271,14 @@ def run_condition(volume, pixel, symmetry, condition, max_shift, args):
         "fallback": "search",
     }
     configs = {
-        "paper": ("paper network", {}, [("+ refinement (cone 60)", {})]),
+        "paper": (
+            "paper network",
+            {},
+            [  # cone 60 halves to the pipelines' 1.875-degree last step; 45 to 1.41
+                ("+ refinement (cone 60)", {"refine_cone_deg": 60.0}),
+                ("+ refinement (cone 45, the default)", {"refine_cone_deg": None}),
+            ],
+        ),
         "levers": (
             f"network + sim {args.simulate:g}" if args.simulate else "network",
             levers,

@@ -142,6 +142,29 @@ def test_prefetched_keeps_order_and_closes_its_source():
     assert closed  # the first generator ran out and closed
 
 
+def test_prefetched_stop_does_not_wait_for_a_read_in_flight():
+    release, closed = threading.Event(), []
+
+    def stuck():
+        try:
+            yield 0
+            release.wait(10)  # a slow disk
+            yield 1
+        finally:
+            closed.append(True)
+
+    items = _inference.prefetched(stuck())
+    assert next(items) == 0  # item 1 is being read
+    start = time.monotonic()
+    items.close()  # e.g. an interrupt: returns at once
+    assert time.monotonic() - start < 1 and not closed
+    release.set()  # the read returns: its thread closes the source
+    deadline = time.monotonic() + 10
+    while not closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert closed
+
+
 def test_device_copies():
     x = np.ones((2, 3), dtype=np.float32)
     assert _inference.to_device(x, "cpu") is x  # today's CPU path: untouched

@@ -505,9 +505,10 @@ def test_sigterm_during_fit_with_save_on_interrupt_saves_a_partial_model(
 # ``skpose predict`` whose image batches stall after the first (a marker, then asleep).
 _SLOW_PREDICT = r"""
 import pathlib, sys, time
-from skpose.cli import _commands, main
+from skpose.cli import main
+from skpose.estimators import _chunks
 marker, argv = sys.argv[1], sys.argv[2:]
-real = _commands.iter_particle_images
+real = _chunks.iter_particle_images
 
 def slow(*args, **kwargs):
     for batch in real(*args, **kwargs):
@@ -515,7 +516,7 @@ def slow(*args, **kwargs):
         pathlib.Path(marker).touch()
         time.sleep(600)
 
-_commands.iter_particle_images = slow
+_chunks.iter_particle_images = slow  # where predict reads its chunks
 sys.exit(main(argv))
 """
 

@@ -12,10 +12,10 @@ current one is computed. What each is worth is measured in ``docs/gpu.md``.
 from __future__ import annotations
 
 import contextlib
+import threading
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 
 import numpy as np
 import torch
@@ -74,25 +74,66 @@ def pinned(x, device):
     return torch.as_tensor(x).pin_memory()
 
 
+class _Reader:
+    """Reads the items of an iterator one at a time, each in a daemon thread.
+
+    A read still in flight when the consumer stops (an interrupt while a slow disk is
+    read) neither blocks the exit nor keeps the process alive: the reader closes the
+    source itself when that read returns.
+    """
+
+    def __init__(self, items: Iterable, transform: Callable | None):
+        self._it, self._transform = iter(items), transform
+        self._lock = threading.Lock()
+        self._stopped = self._in_flight = False
+
+    def _read(self):
+        item = next(self._it, _END)
+        with self._lock:
+            self._in_flight = False
+            if self._stopped:  # the consumer is gone: close the source here
+                self._close()
+                return _END
+        if item is _END or self._transform is None:
+            return item
+        return self._transform(item)
+
+    def submit(self) -> Future:
+        future: Future = Future()
+
+        def run():
+            try:
+                future.set_result(self._read())
+            except BaseException as error:  # handed to the consumer
+                future.set_exception(error)
+
+        self._in_flight = True
+        threading.Thread(target=run, name="skpose-prefetch", daemon=True).start()
+        return future
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            if not self._in_flight:
+                self._close()
+
+    def _close(self) -> None:
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
+
+
 def prefetched(items: Iterable, transform: Callable | None = None) -> Iterator:
     """The items of ``items`` (each through ``transform``), one ahead in a thread.
 
     The next item is read (and transformed) in a background thread while the caller
     works on the current one: reading memory-mapped images overlaps with the compute.
     """
-    it = iter(items)
-
-    def produce():
-        item = next(it, _END)
-        return item if item is _END or transform is None else transform(item)
-
+    reader = _Reader(items, transform)
     try:
-        with ThreadPoolExecutor(1, thread_name_prefix="skpose-prefetch") as pool:
-            ahead = deque([pool.submit(produce)])
-            while (item := ahead.popleft().result()) is not _END:
-                ahead.append(pool.submit(produce))
-                yield item
+        pending = reader.submit()
+        while (item := pending.result()) is not _END:
+            pending = reader.submit()
+            yield item
     finally:
-        close = getattr(it, "close", None)
-        if close is not None:
-            close()
+        reader.stop()
