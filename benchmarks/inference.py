@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,10 +31,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from search_vs_network import timed  # this folder is on sys.path when run
 
 import skpose
 from skpose.distributed import predict_particles
+
+
+def timed(fn, repeats: int):
+    """Median wall time of ``fn()`` over ``repeats`` runs, and its last result."""
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
 
 
 def median_error(truth, q) -> float:
