@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent / "skpose"
 LAYERS = {
     "skpose._validation": 0,
     "skpose._compat": 0,
+    "skpose._threads": 0,
     "skpose.geometry": 1,
     "skpose.imaging": 2,
     "skpose.io": 3,
