@@ -153,7 +153,7 @@ def predict_particles(
         In input order; equal to the estimator's ``predict_poses`` on all the
         images at once (to 1e-5) when ``chunk_size`` is a multiple of its batch
         size. Other chunk sizes change a refined pose where float32 rounding tips
-        a near tie (0.25 % of 2,000 particles under a barely trained model).
+        a near tie (a few of 500 particles under a barely trained model).
 
     Examples
     --------
