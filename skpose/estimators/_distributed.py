@@ -151,9 +151,10 @@ def predict_particles(
     -------
     Poses
         In input order; equal to the estimator's ``predict_poses`` on all the
-        images at once (to 1e-5) when ``chunk_size`` is a multiple of its batch
-        size. Other chunk sizes change a refined pose where float32 rounding tips
-        a near tie (a few of 500 particles under a barely trained model).
+        images at once (to 1e-5) when ``chunk_size`` is a multiple of the
+        refinement's batch (256). Other chunk sizes change a refined pose where
+        float32 rounding tips a near tie (a few of 500 particles under a barely
+        trained model).
 
     Examples
     --------
