@@ -279,6 +279,13 @@ def run_condition(volume, pixel, symmetry, condition, max_shift, args):
                 ("+ refinement (cone 45, the default)", {"refine_cone_deg": None}),
             ],
         ),
+        "recentre": (
+            "recentred network",
+            {"recentre": True},
+            [  # starts from the estimated origins, searches max_shift + 1 around them
+                ("+ refinement (cone 60)", {"refine_cone_deg": 60.0}),
+            ],
+        ),
         "levers": (
             f"network + sim {args.simulate:g}" if args.simulate else "network",
             levers,
@@ -413,8 +420,10 @@ def parse_args(argv=None):
         "--networks",
         nargs="+",
         default=["paper", "levers"],
-        choices=["paper", "levers"],
-        help="paper: labelled particles only, cone 60; levers: this issue's levers",
+        choices=["paper", "recentre", "levers"],
+        help="paper: labelled particles only, cone 60 and 45; recentre: the paper's "
+        "network on images recentred by estimated origins (recentre=True), cone 60; "
+        "levers: simulate_from_map, cone auto, fallback",
     )
     p.add_argument(
         "--simulate",

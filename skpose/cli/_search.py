@@ -16,9 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
+from skpose.imaging._centring import recentre
 from skpose.io import iter_particle_images, read_particles, read_volume
 
 __all__ = ["add_parser", "search"]
@@ -85,17 +85,6 @@ def _load_map(args, particles, pixel: float) -> np.ndarray:
     return volume
 
 
-def _recentre(images: np.ndarray, origins_px: np.ndarray) -> np.ndarray:
-    """Images translated by ``+origins_px``: the particles then sit at the centre."""
-    from skpose.imaging.projection import phase_shift
-
-    x = torch.as_tensor(images, dtype=torch.float64)
-    shift = phase_shift(torch.as_tensor(-origins_px, dtype=torch.float64), x.shape[-1])
-    ft = torch.fft.fft2(torch.fft.ifftshift(x, dim=(-2, -1))) * shift
-    out = torch.fft.fftshift(torch.fft.ifft2(ft).real, dim=(-2, -1))
-    return out.to(torch.float32).numpy()
-
-
 def search(args) -> None:
     """``skpose search``: global search + refinement; write poses and confidence."""
     from skpose.cli._commands import _has_ctf, _single_pixel_size, write_poses
@@ -129,7 +118,7 @@ def search(args) -> None:
         if not hasattr(matcher, "directions_"):
             matcher.fit(images[:1])  # checks the options; the grid, once
         if args.keep_origins:
-            images = _recentre(images, start[rows])
+            images = recentre(images, start[rows]).numpy()
         ctf = None if ctf_all is None else ctf_all[rows]
         poses = matcher.predict_poses(images, ctf=ctf)
         quats[rows], conf[rows] = poses.quaternions, poses.score

@@ -34,6 +34,7 @@ from skpose.estimators._base import PointGroup, PoseEstimator, renamed_shifts
 from skpose.estimators._training import TrainingRun
 from skpose.geometry.rotations import quat_canonical
 from skpose.imaging.ctf import check_ctf
+from skpose.imaging._centring import average_projection, estimate_origins, recentre
 from skpose.imaging.preprocess import fourier_resize, normalize_images, phase_flip
 from skpose.imaging.projection import FourierProjector
 from skpose.learn.losses import reprojection_scale, weighted_loss
@@ -280,6 +281,17 @@ class OrientationEstimator(PoseEstimator):
         With ``simulate_from_map > 0``: the simulated particles' noise grows
         linearly from none to the measured level over the first half of
         ``max_iter`` (clean views first), then stays there.
+    recentre : bool, default False
+        Estimate each particle's origin before the network, by correlating the
+        image with the map's average projection over all views (times the image's
+        CTF; no pose needed, see :mod:`skpose.imaging._centring`), and feed the
+        network the recentred image: it then learns orientations of centred
+        particles instead of orientations and translations together. ``fit``
+        trains on recentred labelled images (the reprojection loss uses their
+        origins less the estimates); with ``refine=True`` the refinement starts
+        from the estimated origins when no ``shifts_px`` are given (it searches
+        ``refine_shift_px`` around them). False: the paper's input, the image as
+        picked.
 
     Attributes
     ----------
@@ -297,6 +309,9 @@ class OrientationEstimator(PoseEstimator):
         the reverse.
     reprojection_scale_ : float
         Divides the reprojection loss (see :mod:`skpose.learn.losses`).
+    centring_reference_ : numpy.ndarray of shape (input_box_, input_box_)
+        With ``recentre=True``: the map's average projection the origins are
+        estimated against.
     n_iter_ : int
         Iterations trained so far (fewer than ``max_iter`` after an interrupt).
     n_features_in_ : int
@@ -353,6 +368,7 @@ class OrientationEstimator(PoseEstimator):
         "fallback": [None, StrOptions({"search"})],
         "fallback_step_deg": [Interval(Real, 0, 90, closed="right")],
         "snr_curriculum": ["boolean"],
+        "recentre": ["boolean"],
         "checkpoint_dir": [None, str, os.PathLike],
         "checkpoint_every": [Interval(Integral, 1, None, closed="left")],
         "resume": ["boolean"],
@@ -387,6 +403,7 @@ class OrientationEstimator(PoseEstimator):
         fallback=None,
         fallback_step_deg=15.0,
         snr_curriculum=False,
+        recentre=False,
     ):
         self.volume = volume
         self.w = w
@@ -414,6 +431,7 @@ class OrientationEstimator(PoseEstimator):
         self.fallback = fallback
         self.fallback_step_deg = fallback_step_deg
         self.snr_curriculum = snr_curriculum
+        self.recentre = recentre
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -454,6 +472,23 @@ class OrientationEstimator(PoseEstimator):
         """Packed ``(n, 6)`` float32 targets: quaternions, origins at the net's size."""
         origins = self._origins(shifts_px, len(quaternions)) * (self.image_size_ / box)
         return np.concatenate([quaternions, origins], axis=1).astype(np.float32)
+
+    def _estimated_origins(self, X: torch.Tensor, ctf) -> np.ndarray | None:
+        """Origins (input pixels) estimated without poses; None unless ``recentre``."""
+        if not self.recentre:
+            return None
+        if getattr(self, "centring_reference_", None) is None:
+            self.centring_reference_ = average_projection(self._full_volume()).numpy()
+        return estimate_origins(X, self.centring_reference_, ctf)
+
+    def _recentred(self, X: torch.Tensor, y: np.ndarray, ctf):
+        """Labelled images recentred and their targets' origins made residual."""
+        origins = self._estimated_origins(X, ctf)
+        if origins is None:
+            return X, y
+        y = y.copy()
+        y[:, 4:6] -= (origins * (self.image_size_ / X.shape[-1])).astype(y.dtype)
+        return recentre(X, origins), y
 
     def _network_input(self, images: torch.Tensor, ctf) -> np.ndarray:
         """Network input: phase-flipped (with a CTF), rescaled, normalised; float32.
@@ -554,6 +589,8 @@ class OrientationEstimator(PoseEstimator):
         self._fit_volume(X, resolve_image_size(self.architecture, self.image_size))
         self.trained_with_ctf_ = ctf is not None
         y = self._targets(q, shifts_px, X.shape[-1])
+        self.centring_reference_ = None  # this map's, made by _recentred
+        X, y = self._recentred(X, y, ctf)
         rows = held = slice(None)
         if _levers.needs_calibration(self):
             rows, held = _levers.calibration_rows(len(q), self._seed())
@@ -609,6 +646,7 @@ class OrientationEstimator(PoseEstimator):
         q = self._quaternions(quaternions, X.shape[0])
         ctf = self._ctf_as_trained(ctf, X.shape[0])
         y = self._targets(q, shifts_px, X.shape[-1])
+        X, y = self._recentred(X, y, ctf)
         # A plain attribute: skorch's set_params would re-initialise the module.
         self.net_.iterator_train__sampler = _IterationSampler(
             len(q), self.batch_size, self.max_iter, self._seed()
@@ -627,19 +665,33 @@ class OrientationEstimator(PoseEstimator):
     # Inference
     # ----------------------------------------------------------------------------
 
-    def _network(self, X: torch.Tensor, ctf, precision="fp32", compile=False):
-        """The network's quaternions ``(n, 4)`` for checked images and CTF."""
+    def _network(
+        self, X: torch.Tensor, ctf, precision="fp32", compile=False, origins=None
+    ):
+        """The network's quaternions ``(n, 4)`` for checked images and CTF.
+
+        ``origins``: the images' estimated origins when ``recentre`` (computed
+        here when not given); the network sees the images recentred by them.
+        """
+        if self.recentre:
+            origins = self._estimated_origins(X, ctf) if origins is None else origins
+            X = recentre(X, origins)
         return self.net_.predict_quaternions(
             self._network_input(X, ctf), self.verbose >= 1, precision, compile
         )
 
-    def _poses(self, X: torch.Tensor, start: np.ndarray, ctf, **options):
+    def _poses(self, X: torch.Tensor, start: np.ndarray | None, ctf, **options):
         """Network poses, refined when ``refine=True``, scored at the full box.
 
+        ``start``: the origins the refinement starts from and the score uses; None
+        when unknown: then the estimated ones (``recentre``) or zeros.
         Returns the :class:`Poses` and the mask of the particles that fell back to
         the global search (``fallback="search"``).
         """
-        q = self._network(X, ctf, **options)
+        origins = self._estimated_origins(X, ctf)
+        q = self._network(X, ctf, origins=origins, **options)
+        if start is None:
+            start = np.zeros((len(q), 2)) if origins is None else origins
         device = self.net_.device
         x = X.to(device)
         projector = self._full_projector(device)
@@ -697,8 +749,7 @@ class OrientationEstimator(PoseEstimator):
         X = self._fitted_images(images)
         ctf = self._ctf_as_trained(ctf, X.shape[0])
         if self.refine:
-            start = np.zeros((X.shape[0], 2))
-            return self._poses(X, start, ctf, **options)[0].quaternions
+            return self._poses(X, None, ctf, **options)[0].quaternions
         return self._network(X, ctf, **options)
 
     @renamed_shifts
@@ -721,7 +772,7 @@ class OrientationEstimator(PoseEstimator):
             With the box the estimator was fitted on (numpy, or a torch tensor).
         shifts_px : array of shape (n, 2), optional
             Known RELION origins in pixels (e.g. from extraction), the refinement's
-            start; default zeros. (``shifts=``, its old name, still works with a
+            start; default zeros, or the origins estimated by ``recentre=True``. (``shifts=``, its old name, still works with a
             FutureWarning.)
         ctf : CTFParams, optional
             The images' CTF, as in :meth:`predict`: the network sees the images
@@ -757,7 +808,7 @@ class OrientationEstimator(PoseEstimator):
         _inference.check_options("OrientationEstimator.predict_poses", **options)
         X = self._fitted_images(images)
         ctf = self._ctf_as_trained(ctf, X.shape[0])
-        start = self._origins(shifts_px, X.shape[0])
+        start = None if shifts_px is None else self._origins(shifts_px, X.shape[0])
         out, fell_back = self._poses(X, start, ctf, **options)
         return (out, fell_back) if return_fallback else out
 
