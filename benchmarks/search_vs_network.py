@@ -17,10 +17,12 @@ to the benchmark box) and beta-galactosidase (D2, PDB 5A1A made into a map with 
 already in RELION's D2 setting). Conditions: noiseless; SNR 1; SNR 0.1 with CTF; SNR
 0.05 with CTF (skpose.simulate's SNR), each with origins up to each ``--max-shifts``.
 
-Networks: the paper's configuration (labelled particles only, a constant 60-degree
-refinement cone), and the same network trained with the levers of this issue
-(``simulate_from_map``, ``refine_cone_deg="auto"``, ``fallback="search"``), each
-lever's effect on its own row. The ratio compares each network pipeline with the
+Networks (``--networks``): the paper's configuration (labelled particles only, a
+constant 60-degree refinement cone, and the default 45); the same network on images
+recentred by origins estimated without poses (``recentre=True``; the refinement then
+starts from those origins); and the network trained with the other levers of this
+issue (``simulate_from_map``, ``refine_cone_deg="auto"``, ``fallback="search"``),
+each lever's effect on its own row. The ratio compares each network pipeline with the
 cheapest conventional pipeline at least as accurate: median <= 1.1x ours and % < 5
 degrees >= ours - 1 point. Times are CPU seconds of the process (``time.process_time``)
 per 1000 particles, on ``--threads`` threads (default 1, where CPU time is the wall time

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import joblib
 import numpy as np
 import pytest
 import starfile
@@ -661,3 +662,17 @@ def test_paper_workflow_end_to_end(tmp_path):
     for png in ("error_histogram", "error_by_direction", "projections"):
         assert (tmp_path / "report" / f"{png}.png").stat().st_size > 1000
     assert (tmp_path / "predicted.fsc.png").stat().st_size > 1000
+
+
+def test_fit_recentre_trains_and_predicts_on_recentred_particles(workdir):
+    model = workdir / "recentred.joblib"
+    train, volume = workdir / "split/train.star", workdir / "map.mrc"
+    fit = ["fit", str(train), "--volume", str(volume)]
+    argv = [*fit, "--out", str(model), "--max-iter", "10", "--verbose", "0"]
+    assert main([*argv, "--recentre"]) == 0
+    est = joblib.load(model)
+    assert est.recentre and est.centring_reference_ is not None
+    out = workdir / "recentred" / "predicted.star"
+    rest = str(workdir / "split/rest.star")
+    assert main(["predict", rest, "--model", str(model), "--out", str(out)]) == 0
+    assert len(skpose.read_particles(out)) == len(skpose.read_particles(rest))

@@ -1,4 +1,5 @@
-"""The network pipeline's levers: training from the map, calibrated cone, fallback."""
+"""The network pipeline's levers: training from the map, calibrated cone, fallback,
+recentring."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 
 import skpose
 from skpose import OrientationEstimator
+from skpose.imaging._centring import average_projection, estimate_origins, recentre
 from skpose.learn._simulated import MapSimulator, estimate_noise
 from skpose.search import _fallback
 
@@ -169,6 +171,7 @@ def test_fallback_threshold_and_merge():
         ({"fallback_step_deg": 0}, "'fallback_step_deg' parameter"),
         ({"refine_shift_px": -1.0}, "'refine_shift_px' parameter"),
         ({"snr_curriculum": 1}, "'snr_curriculum' parameter .* instance of 'bool'"),
+        ({"recentre": "yes"}, "'recentre' parameter .* instance of 'bool'"),
     ],
 )
 def test_lever_parameters_are_checked(data, params, match):
@@ -188,3 +191,75 @@ def test_simulator_mix_replaces_a_fraction_of_the_batch(data):
     assert (X2[:5].abs().sum(dim=(1, 2)) > 0).all() and (X2[5:] == 0).all()
     assert torch.allclose(y2[:5, :4].norm(dim=1), torch.ones(5))
     assert (X == 0).all()  # the loader's batch is left alone
+
+
+# --------------------------------------------------------------------------------------
+# recentre=True: origins estimated without poses
+# --------------------------------------------------------------------------------------
+
+
+def test_average_projection_is_the_mean_over_views():
+    volume = skpose.phantom_volume(BOX)
+    views = skpose.simulate_particles(volume, 3000, random_state=3).images.mean(0)
+    average = average_projection(volume).numpy()
+    assert np.corrcoef(average.ravel(), views.ravel())[0, 1] > 0.995
+    # Round: the same at the four quarter turns.
+    np.testing.assert_allclose(np.rot90(average[1:, 1:]), average[1:, 1:], atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("snr", "ctf", "bound"), [(None, False, 1.6), (0.1, True, 3.0)]
+)
+def test_estimated_origins_find_the_particles(snr, ctf, bound):
+    volume = skpose.phantom_volume(64)
+    sim = skpose.simulate_particles(
+        volume, 200, snr=snr, ctf=ctf, max_shift=6, pixel_size_angstrom=3.0,
+        random_state=4,
+    )  # fmt: skip
+    reference = average_projection(volume)
+    found = estimate_origins(sim.images, reference, sim.ctf)
+    error = np.linalg.norm(found - sim.shifts_px, axis=1)
+    blind = np.linalg.norm(sim.shifts_px, axis=1)  # what zero origins miss by
+    assert np.median(error) < bound < np.median(blind)
+    # Recentred by the estimates, the particles are found at the centre.
+    again = estimate_origins(recentre(sim.images, found), reference, sim.ctf)
+    assert np.median(np.linalg.norm(again, axis=1)) < 0.1
+
+
+def test_recentre_is_used_at_fit_and_predict(data, monkeypatch):
+    volume, sim = data
+    est = _fit(_estimator(volume, recentre=True), sim)
+    plain = _fit(_estimator(volume), sim)
+    assert est.centring_reference_.shape == (BOX, BOX)
+    assert plain.centring_reference_ is None
+    test, ctf = sim.images[200:], sim.ctf[np.arange(200, 240)]
+    # The network sees recentred images: moving the particles by whole pixels
+    # (the estimates move with them) barely moves its answer; without, it does.
+    moved = recentre(test, np.tile([[3.0, -2.0]], (len(test), 1))).numpy()
+
+    def change(model):
+        before, after = model.predict(test, ctf), model.predict(moved, ctf)
+        return np.median(skpose.angular_error(before, after))
+
+    assert change(est) < 0.1 * change(plain)
+    # Without known origins the poses carry the estimated ones ...
+    poses = est.predict_poses(test, ctf=ctf)
+    np.testing.assert_allclose(
+        poses.shifts_px, estimate_origins(test, est.centring_reference_, ctf)
+    )
+    # ... and with them, the given ones.
+    given = est.predict_poses(test, sim.shifts_px[200:], ctf=ctf)
+    np.testing.assert_allclose(given.shifts_px, sim.shifts_px[200:])
+    # The refinement starts from the estimates, not from zero.
+    starts = []
+    refined = type(est)._refined
+
+    def spy(self, projector, x, q, start, *args, **kwargs):
+        starts.append(np.array(start))
+        return refined(self, projector, x, q, start, *args, **kwargs)
+
+    monkeypatch.setattr(type(est), "_refined", spy)
+    est.set_params(refine=True)
+    est.predict(test, ctf)
+    np.testing.assert_allclose(starts[-1], poses.shifts_px)
+    assert np.abs(poses.shifts_px).max() > 1.0

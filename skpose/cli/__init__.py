@@ -181,6 +181,12 @@ def _add_fit(sub) -> None:
         help="calibrate a confidence threshold on held-out particles; predict "
         "--refine then re-searches particles below it (global search + refinement)",
     )
+    p.add_argument(
+        "--recentre",
+        action="store_true",
+        help="estimate origins against the map's average projection and train on "
+        "recentred particles (predict then recentres too)",
+    )
 
 
 def _add_predict(sub) -> None:

@@ -190,6 +190,7 @@ def _estimator(args, volume_path: Path):
         verbose=args.verbose,
         simulate_from_map=getattr(args, "simulate_from_map", 0.0),
         fallback=getattr(args, "fallback", None),
+        recentre=getattr(args, "recentre", False),
     )
 
 

@@ -33,8 +33,8 @@ from skpose.estimators import _inference, _levers
 from skpose.estimators._base import PointGroup, PoseEstimator, renamed_shifts
 from skpose.estimators._training import TrainingRun
 from skpose.geometry.rotations import quat_canonical
-from skpose.imaging.ctf import check_ctf
 from skpose.imaging._centring import average_projection, estimate_origins, recentre
+from skpose.imaging.ctf import check_ctf
 from skpose.imaging.preprocess import fourier_resize, normalize_images, phase_flip
 from skpose.imaging.projection import FourierProjector
 from skpose.learn.losses import reprojection_scale, weighted_loss
@@ -772,8 +772,8 @@ class OrientationEstimator(PoseEstimator):
             With the box the estimator was fitted on (numpy, or a torch tensor).
         shifts_px : array of shape (n, 2), optional
             Known RELION origins in pixels (e.g. from extraction), the refinement's
-            start; default zeros, or the origins estimated by ``recentre=True``. (``shifts=``, its old name, still works with a
-            FutureWarning.)
+            start; default zeros, or the origins estimated by ``recentre=True``.
+            (``shifts=``, its old name, still works with a FutureWarning.)
         ctf : CTFParams, optional
             The images' CTF, as in :meth:`predict`: the network sees the images
             phase-flipped (as in :meth:`fit`), the refinement and the score compare
