@@ -670,7 +670,7 @@ def test_fit_recentre_trains_and_predicts_on_recentred_particles(workdir):
     fit = ["fit", str(train), "--volume", str(volume)]
     argv = [*fit, "--out", str(model), "--max-iter", "10", "--verbose", "0"]
     assert main([*argv, "--recentre"]) == 0
-    est = joblib.load(model)
+    est = joblib.load(model)["estimator"]
     assert est.recentre and est.centring_reference_ is not None
     out = workdir / "recentred" / "predicted.star"
     rest = str(workdir / "split/rest.star")
