@@ -406,3 +406,83 @@ def test_lost_worker_loses_nothing(client, data, local_poses, source):
     assert killed[0][1] < 8  # mid-run: of 8 chunks
     # Complete, in order, nothing duplicated.
     assert_same_poses(poses, local_poses)
+
+
+
+class _Future:
+    status = "finished"
+
+    def __init__(self, key, value, lost=False):
+        self.key, self.value, self.lost = key, value, lost
+
+    def result(self):
+        if self.lost:
+            from concurrent.futures import CancelledError
+
+            raise CancelledError(f"{self.key} cancelled: already forgotten")
+        return self.value
+
+    def release(self):
+        pass
+
+
+class _AsCompleted:
+    def __init__(self):
+        self.queue = []
+
+    def add(self, future):
+        self.queue.append(future)
+
+    @property
+    def futures(self):
+        return set(self.queue)
+
+    def __iter__(self):
+        while self.queue:
+            yield self.queue.pop(0)
+
+
+class _Client:
+    """Runs chunks at once; the first try of chunk 0 loses its result."""
+
+    def __init__(self):
+        self.submitted = []
+
+    def scatter(self, data, broadcast=False, hash=True):
+        return _Future("scattered", data)
+
+    def submit(self, task, shared, payload, key, retries):
+        self.submitted.append(key)
+        lost = key.startswith("skpose-chunk-0-0-")
+        return _Future(key, ("rows", list(payload.value)), lost)
+
+    def nthreads(self):
+        return {"worker": 1}
+
+    def cancel(self, futures):
+        pass
+
+
+class _Rows:
+    table = None
+
+    @staticmethod
+    def chunk(rows):
+        return rows
+
+
+def test_a_result_lost_after_it_finished_is_computed_again(monkeypatch):
+    """A chunk reported finished whose result then died with its worker (dask's
+    scheduler forgets it and ``result()`` raises ``CancelledError``, seen when a
+    worker is killed under load) is submitted again, not raised."""
+    from skpose.estimators import _cluster
+
+    fake = type("distributed", (), {"as_completed": _AsCompleted})
+    monkeypatch.setattr(_cluster, "_distributed", lambda: fake)
+    client = _Client()
+    run = _cluster.Cluster(client, "job", _Rows(), [[0, 1], [2, 3]], retries=2)
+    results = dict(run.results())
+    assert results == {0: ("rows", [0, 1]), 1: ("rows", [2, 3])}
+    assert [k.rsplit("-", 1)[0] for k in client.submitted] == [
+        "skpose-chunk-0-0", "skpose-chunk-1-0", "skpose-chunk-0-1",
+    ]  # fmt: skip

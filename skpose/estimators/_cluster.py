@@ -11,7 +11,9 @@ client is asked for). For a run (:class:`Cluster`):
 - at most a few chunks per worker thread are in flight; results are gathered as they
   complete (the caller puts them back at their rows, so the output is in input order);
 - a worker lost mid-run: the scheduler runs its chunks elsewhere; a chunk whose
-  scattered images (or the work itself) died with it is scattered again. A chunk that
+  scattered images (or the work itself) died with it is scattered again, and so is
+  one that finished but whose result died with the worker before it was gathered
+  (the scheduler then forgets it: ``result()`` raises ``CancelledError``). A chunk that
   raises is run again ``retries`` times (``submit(retries=...)``), then its error is
   raised here.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import CancelledError
 from pathlib import Path
 
 import numpy as np
@@ -164,7 +167,11 @@ class Cluster:
                 if future.status == "cancelled":
                     self.lost(i)
                     continue
-                result = future.result()  # raises the chunk's own error
+                try:
+                    result = future.result()  # raises the chunk's own error
+                except CancelledError:  # finished, then its result died with a worker
+                    self.lost(i)
+                    continue
                 future.release()
                 yield i, result
                 following = next(queued, None)
