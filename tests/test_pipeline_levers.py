@@ -226,6 +226,13 @@ def test_estimated_origins_find_the_particles(snr, ctf, bound):
     assert np.median(np.linalg.norm(again, axis=1)) < 0.1
 
 
+def clone_of(est, **params):
+    """A fitted copy of ``est`` with ``params`` set (not refitted)."""
+    import copy
+
+    return copy.deepcopy(est).set_params(**params)
+
+
 def test_recentre_is_used_at_fit_and_predict(data, monkeypatch):
     volume, sim = data
     est = _fit(_estimator(volume, recentre=True), sim)
@@ -242,6 +249,11 @@ def test_recentre_is_used_at_fit_and_predict(data, monkeypatch):
         return np.median(skpose.angular_error(before, after))
 
     assert change(est) < 0.1 * change(plain)
+    # The other input than the network was trained on is refused.
+    with pytest.raises(ValueError, match="fitted with recentre=False"):
+        clone_of(plain, recentre=True).predict(test, ctf)
+    with pytest.raises(ValueError, match="fitted with recentre=True"):
+        clone_of(est, recentre=False).predict(test, ctf)
     # Without known origins the poses carry the estimated ones ...
     poses = est.predict_poses(test, ctf=ctf)
     np.testing.assert_allclose(

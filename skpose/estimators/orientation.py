@@ -309,9 +309,10 @@ class OrientationEstimator(PoseEstimator):
         the reverse.
     reprojection_scale_ : float
         Divides the reprojection loss (see :mod:`skpose.learn.losses`).
-    centring_reference_ : numpy.ndarray of shape (input_box_, input_box_)
+    centring_reference_ : numpy.ndarray of shape (input_box_, input_box_) or None
         With ``recentre=True``: the map's average projection the origins are
-        estimated against.
+        estimated against; None when fitted without. Predicting or fine-tuning
+        with the other ``recentre`` is refused (the network saw the other input).
     n_iter_ : int
         Iterations trained so far (fewer than ``max_iter`` after an interrupt).
     n_features_in_ : int
@@ -474,12 +475,26 @@ class OrientationEstimator(PoseEstimator):
         return np.concatenate([quaternions, origins], axis=1).astype(np.float32)
 
     def _estimated_origins(self, X: torch.Tensor, ctf) -> np.ndarray | None:
-        """Origins (input pixels) estimated without poses; None unless ``recentre``."""
-        if not self.recentre:
+        """Origins (input pixels) estimated without poses; None unless ``recentre``.
+
+        Refuses a ``recentre`` other than the one the network was trained with.
+        """
+        reference = getattr(self, "centring_reference_", None)  # None: old pickle
+        if bool(self.recentre) != (reference is not None):
+            if self.recentre:
+                raise ValueError(
+                    "OrientationEstimator was fitted with recentre=False: its network "
+                    "never saw recentred particles. Refit with recentre=True, or "
+                    "set_params(recentre=False)."
+                )
+            raise ValueError(
+                "OrientationEstimator was fitted with recentre=True (its network saw "
+                "recentred particles) but recentre is now False: "
+                "set_params(recentre=True), or refit."
+            )
+        if reference is None:
             return None
-        if getattr(self, "centring_reference_", None) is None:
-            self.centring_reference_ = average_projection(self._full_volume()).numpy()
-        return estimate_origins(X, self.centring_reference_, ctf)
+        return estimate_origins(X, reference, ctf)
 
     def _recentred(self, X: torch.Tensor, y: np.ndarray, ctf):
         """Labelled images recentred and their targets' origins made residual."""
@@ -589,7 +604,9 @@ class OrientationEstimator(PoseEstimator):
         self._fit_volume(X, resolve_image_size(self.architecture, self.image_size))
         self.trained_with_ctf_ = ctf is not None
         y = self._targets(q, shifts_px, X.shape[-1])
-        self.centring_reference_ = None  # this map's, made by _recentred
+        self.centring_reference_ = (
+            average_projection(self._full_volume()).numpy() if self.recentre else None
+        )
         X, y = self._recentred(X, y, ctf)
         rows = held = slice(None)
         if _levers.needs_calibration(self):
@@ -673,8 +690,9 @@ class OrientationEstimator(PoseEstimator):
         ``origins``: the images' estimated origins when ``recentre`` (computed
         here when not given); the network sees the images recentred by them.
         """
-        if self.recentre:
-            origins = self._estimated_origins(X, ctf) if origins is None else origins
+        if origins is None:
+            origins = self._estimated_origins(X, ctf)
+        if origins is not None:
             X = recentre(X, origins)
         return self.net_.predict_quaternions(
             self._network_input(X, ctf), self.verbose >= 1, precision, compile
