@@ -277,6 +277,21 @@ def test_noiseless_refinement_reaches_well_under_the_final_step(box, final_step)
     assert np.median(np.abs(poses.shifts_px - origins)) < 0.02
 
 
+def test_refinement_keeps_to_its_cone_and_shift_window():
+    # The true poses lie outside both limits: every round pulls towards them, and no
+    # round may carry a pose (its best grid point included) past the edge.
+    vol = blob_map(32)
+    quats = random_quaternions(40, random_state=4).numpy()
+    origins = np.random.default_rng(5).choice([-2.0, 2.0], (40, 2))
+    images = project(vol, quats, origins)
+    start = perturb(quats, 12, 14, seed=6)
+    poses = refine(vol, images, start, cone_deg=6.0, max_shift_px=0.5)
+    moved = angular_error(start, poses.quaternions)
+    assert moved.max() <= 6.0 + 1e-3
+    assert np.abs(poses.shifts_px).max() <= 0.5 + 1e-5
+    assert np.median(moved) > 3.0  # it did move towards the truth
+
+
 def test_refine_keeps_torch_in_torch_out(vol, noiseless, device):
     sim = noiseless
     images = torch.as_tensor(sim.images[:4], device=device)

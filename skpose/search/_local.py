@@ -401,6 +401,13 @@ def _step(scorer, quats, shifts_px, limits, step_deg, window, last: bool):
     )
     cand[:, 1] = torch.where(far[:, None], cand[:, 0], cand[:, 1])
     cand_t[:, 1] = torch.where(far[:, None], cand_t[:, 0], cand_t[:, 1])
+    # The best grid pose is a step from the current one, which may itself be at the
+    # edge: a grid rotation out of the cone stays where it was, a grid origin out of
+    # range is held at its edge, so that no round carries a pose past the limits.
+    out = geodesic_distance(cand[:, 0], start) > cone
+    cand[:, 0] = torch.where(out[:, None], quats, cand[:, 0])
+    cand[:, 1] = torch.where(out[:, None] & far[:, None], quats, cand[:, 1])
+    cand_t = start_t[:, None] + (cand_t - start_t[:, None]).clamp(-max_shift, max_shift)
     return cand, cand_t, settled & ~far
 
 
