@@ -20,7 +20,9 @@ already in RELION's D2 setting). Conditions: noiseless; SNR 1; SNR 0.1 with CTF;
 Networks (``--networks``): the paper's configuration (labelled particles only, a
 constant 60-degree refinement cone, and the default 45); the same network on images
 recentred by origins estimated without poses (``recentre=True``; the refinement then
-starts from those origins); and the network trained with the other levers of this
+starts from those origins); that network again with four hypotheses per particle
+(``hypotheses=4``: quarter-turned copies, the best-correlating answer refined), beside
+its single answer; and the network trained with the other levers of this
 issue (``simulate_from_map``, ``refine_cone_deg="auto"``, ``fallback="search"``),
 each lever's effect on its own row. The ratio compares each network pipeline with the
 cheapest conventional pipeline at least as accurate: median <= 1.1x ours and % < 5
@@ -288,6 +290,14 @@ def run_condition(volume, pixel, symmetry, condition, max_shift, args):
                 ("+ refinement (cone 60)", {"refine_cone_deg": 60.0}),
             ],
         ),
+        "hypotheses": (
+            "recentred network, hypotheses=4",
+            {"recentre": True, "hypotheses": 4, "refine_cone_deg": 60.0},
+            [  # the same network with its single answer, in the same process
+                ("+ refinement (cone 60)", {}),
+                ("+ refinement (cone 60) with hypotheses=1", {"hypotheses": 1}),
+            ],
+        ),
         "levers": (
             f"network + sim {args.simulate:g}" if args.simulate else "network",
             levers,
@@ -422,9 +432,10 @@ def parse_args(argv=None):
         "--networks",
         nargs="+",
         default=["paper", "levers"],
-        choices=["paper", "recentre", "levers"],
+        choices=["paper", "recentre", "hypotheses", "levers"],
         help="paper: labelled particles only, cone 60 and 45; recentre: the paper's "
         "network on images recentred by estimated origins (recentre=True), cone 60; "
+        "hypotheses: the recentred network with hypotheses=4, and =1; "
         "levers: simulate_from_map, cone auto, fallback",
     )
     p.add_argument(

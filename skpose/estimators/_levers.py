@@ -11,16 +11,25 @@
   :mod:`skpose.search._fallback`). At predict time particles below the threshold go
   through :class:`ProjectionMatcher` (global search at ``fallback_step_deg`` +
   refinement) and keep whichever pose scores higher.
+- ``hypotheses``: the network also sees each particle turned in-plane by quarter
+  turns (exact: a turned projection is the projection of the turned pose), each
+  answer is turned back, and the one whose projection correlates best with the
+  image (at the refinement's second-round resolution) is kept
+  (:func:`turned_hypotheses`, :func:`best_hypotheses`).
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
+from skpose.geometry.rotations import axis_angle_to_quat, quat_canonical, quat_multiply
 from skpose.imaging.preprocess import fourier_resize
 from skpose.learn._simulated import MapSimulator, estimate_noise
 from skpose.search import _fallback
+from skpose.search._local import best_candidates
 from skpose.search.poses import Poses
 
 CALIBRATION_FRACTION = 0.1
@@ -76,7 +85,7 @@ def calibrate(est, X: torch.Tensor, q, ctf) -> None:
     from skpose.metrics import angular_error
 
     symmetry = est.symmetry or "C1"
-    q_net = est.net_.predict_quaternions(est._network_input(X, ctf), False)
+    q_net = est._answers(X, X, np.zeros((len(q), 2)), ctf)
     net_err = angular_error(q, q_net, symmetry)
     auto = est.refine_cone_deg == "auto"
     cone = _fallback.auto_cone_deg(net_err) if auto else est._cone_deg()
@@ -125,3 +134,62 @@ def fall_back(est, X: torch.Tensor, ctf, poses: Poses) -> tuple[Poses, np.ndarra
     rows_ctf = None if ctf is None else ctf[rows]
     searched = matcher.predict_poses(X[rows].cpu(), ctf=rows_ctf)
     return _fallback.merge(poses, searched, rows), mask
+
+
+def quarter_turned(images, turns: int):
+    """``images`` ``(..., N, N)`` turned by ``turns`` quarter turns about pixel N/2.
+
+    ``torch.rot90`` of the ``[y, x]`` array turns about its middle, ``(N - 1) / 2``;
+    a one-pixel roll along the axes it moved puts the centre back at ``N / 2``. The
+    turned projection of a pose ``R`` is then exactly the projection of
+    ``R_z(-turns * 90 degrees) R``. Works on numpy arrays and tensors (a tensor
+    comes back).
+    """
+    x = torch.as_tensor(images)
+    j = turns % 4
+    roll = (int(j in (1, 2)), int(j in (2, 3)))
+    return torch.roll(torch.rot90(x, j, dims=(-2, -1)), roll, dims=(-2, -1))
+
+
+def turned_back(quats: np.ndarray, turns: int) -> np.ndarray:
+    """Poses ``(n, 4)`` of quarter-turned images turned back: ``R_z(turns 90) R``."""
+    q = torch.as_tensor(quats, dtype=torch.float64)
+    axis = torch.tensor([0.0, 0.0, turns * math.pi / 2], dtype=torch.float64)
+    return quat_canonical(quat_multiply(axis_angle_to_quat(axis).expand_as(q), q))
+
+
+def turned_hypotheses(net, inp, k: int, verbose: bool, precision, compile):
+    """The network's answers ``(n, k, 4)`` for ``k`` (1, 2 or 4) turned copies.
+
+    ``inp`` is the network input; copy ``j`` is turned ``j * 4 / k`` quarter turns
+    and its answer turned back, so every column is a hypothesis for the same pose.
+    """
+    out = []
+    for turns in range(0, 4, 4 // k):
+        x = quarter_turned(inp, turns).contiguous()
+        out.append(
+            turned_back(net.predict_quaternions(x, verbose, precision, compile), turns)
+        )
+    return torch.stack(out, dim=1).numpy()
+
+
+def best_hypotheses(est, X: torch.Tensor, hyps: np.ndarray, start, ctf) -> np.ndarray:
+    """Of hypotheses ``hyps`` ``(n, k, 4)``, each image's best (numpy ``(n, 4)``).
+
+    Scored by :func:`skpose.search._local.best_candidates` on the images ``X`` at the
+    full box with origins ``start`` (pixels), at the resolution of the refinement's
+    second round (a quarter of the cone: 15 degrees for cone 60).
+    """
+    device = est.net_.device
+    x = X.to(device)
+    like = {"dtype": x.dtype, "device": device}
+    with torch.no_grad():
+        index = best_candidates(
+            est._full_projector(device),
+            x,
+            torch.as_tensor(hyps, **like),
+            torch.as_tensor(start, **like),
+            ctf,
+            step_deg=est._cone_deg() / 4,
+        )
+    return hyps[np.arange(len(hyps)), index.cpu().numpy()]

@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval, Options, StrOptions
 from skorch import NeuralNet
 from skorch.callbacks import LRScheduler, ProgressBar
 from torch import nn
@@ -292,6 +292,15 @@ class OrientationEstimator(PoseEstimator):
         from the estimated origins when no ``shifts_px`` are given (it searches
         ``refine_shift_px`` around them). False: the paper's input, the image as
         picked.
+    hypotheses : {1, 2, 4}, default 1
+        At predict time the network also sees each particle turned in-plane by
+        quarter turns (2: 0 and 180 degrees; 4: every quarter turn; exact, no
+        interpolation). A turned image is the projection of the turned pose, so each
+        answer turned back is a hypothesis for the same pose; the one whose
+        (CTF-modulated) projection correlates best with the image, at the
+        resolution of the refinement's second round (a quarter of the cone) with
+        origins searched within a pixel, is kept and refined. Costs ``hypotheses``
+        forward passes; the training is unchanged. 1: the paper's single answer.
 
     Attributes
     ----------
@@ -370,6 +379,7 @@ class OrientationEstimator(PoseEstimator):
         "fallback_step_deg": [Interval(Real, 0, 90, closed="right")],
         "snr_curriculum": ["boolean"],
         "recentre": ["boolean"],
+        "hypotheses": [Options(Integral, {1, 2, 4})],
         "checkpoint_dir": [None, str, os.PathLike],
         "checkpoint_every": [Interval(Integral, 1, None, closed="left")],
         "resume": ["boolean"],
@@ -405,6 +415,7 @@ class OrientationEstimator(PoseEstimator):
         fallback_step_deg=15.0,
         snr_curriculum=False,
         recentre=False,
+        hypotheses=1,
     ):
         self.volume = volume
         self.w = w
@@ -433,6 +444,7 @@ class OrientationEstimator(PoseEstimator):
         self.fallback_step_deg = fallback_step_deg
         self.snr_curriculum = snr_curriculum
         self.recentre = recentre
+        self.hypotheses = hypotheses
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -683,20 +695,45 @@ class OrientationEstimator(PoseEstimator):
     # ----------------------------------------------------------------------------
 
     def _network(
-        self, X: torch.Tensor, ctf, precision="fp32", compile=False, origins=None
+        self,
+        X: torch.Tensor,
+        ctf,
+        precision="fp32",
+        compile=False,
+        origins=None,
+        start=None,
     ):
         """The network's quaternions ``(n, 4)`` for checked images and CTF.
 
         ``origins``: the images' estimated origins when ``recentre`` (computed
         here when not given); the network sees the images recentred by them.
+        ``start``: the origins (pixels) the hypotheses are scored at; default the
+        estimated origins, or zeros.
         """
         if origins is None:
             origins = self._estimated_origins(X, ctf)
-        if origins is not None:
-            X = recentre(X, origins)
-        return self.net_.predict_quaternions(
-            self._network_input(X, ctf), self.verbose >= 1, precision, compile
-        )
+        if start is None:
+            start = np.zeros((X.shape[0], 2)) if origins is None else origins
+        X_in = X if origins is None else recentre(X, origins)
+        return self._answers(X_in, X, start, ctf, precision, compile)
+
+    def _answers(self, X_in, X, start, ctf, precision="fp32", compile=False):
+        """The network's answers for input images ``X_in`` (the images ``X`` as fed).
+
+        With ``hypotheses > 1``: the best of the turned copies' answers, scored on
+        ``X`` at origins ``start`` (:func:`_levers.best_hypotheses`).
+        """
+        inp = self._network_input(X_in, ctf)
+        verbose, k = self.verbose >= 1, self.hypotheses
+        if k not in (1, 2, 4):
+            raise ValueError(
+                f"The 'hypotheses' parameter of OrientationEstimator must be 1, 2 or "
+                f"4. Got {k!r} instead."
+            )
+        if k == 1:
+            return self.net_.predict_quaternions(inp, verbose, precision, compile)
+        hyps = _levers.turned_hypotheses(self.net_, inp, k, verbose, precision, compile)
+        return _levers.best_hypotheses(self, X, hyps, start, ctf)
 
     def _poses(self, X: torch.Tensor, start: np.ndarray | None, ctf, **options):
         """Network poses, refined when ``refine=True``, scored at the full box.
@@ -707,9 +744,9 @@ class OrientationEstimator(PoseEstimator):
         the global search (``fallback="search"``).
         """
         origins = self._estimated_origins(X, ctf)
-        q = self._network(X, ctf, origins=origins, **options)
         if start is None:
-            start = np.zeros((len(q), 2)) if origins is None else origins
+            start = np.zeros((X.shape[0], 2)) if origins is None else origins
+        q = self._network(X, ctf, origins=origins, start=start, **options)
         device = self.net_.device
         x = X.to(device)
         projector = self._full_projector(device)
@@ -861,6 +898,6 @@ class OrientationEstimator(PoseEstimator):
         if self.refine:
             q_pred = self._poses(X, origins, ctf)[0].quaternions
         else:
-            q_pred = self._network(X, ctf)
+            q_pred = self._network(X, ctf, start=origins)
         scale = self.image_size_ / self.input_box_
         return -reprojection_rmse(self.volume_, q_true, q_pred, origins * scale)

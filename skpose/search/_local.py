@@ -66,6 +66,7 @@ __all__ = [
     "FourierScorer",
     "LocalResult",
     "batches",
+    "best_candidates",
     "local_search",
     "refine_batches",
     "score_batches",
@@ -554,6 +555,27 @@ def refine_batches(
         )
         out.append((res.quaternions, res.shifts_px, res.score, res.margin))
     return out
+
+
+def best_candidates(
+    projector, images, quats, shifts_px, ctf, *, step_deg: float, batch_size: int = 256
+) -> torch.Tensor:
+    """Index ``(n,)`` of each image's best candidate of ``quats`` ``(n, K, 4)``.
+
+    Best: the highest NCC at the resolution a ``step_deg`` step resolves (as a
+    refinement round at that step correlates), origins searched on the ``3 x 3``
+    window within one pixel of ``shifts_px`` ``(n, 2)``. Inputs as in
+    :func:`score_batches`.
+    """
+    offsets = _square_pattern(1.0, images.dtype, images.device)
+    r_max = resolution_for(step_deg, images.shape[-1])
+    rows, out = np.arange(images.shape[0]), []
+    for sl in batches(images.shape[0], batch_size, False, "hypotheses"):
+        c = None if ctf is None else ctf[rows[sl]]
+        scorer = FourierScorer(projector, images[sl], c)
+        scores = scorer.score(quats[sl], shifts_px[sl], offsets, r_max)  # (b, K, 9)
+        out.append(scores.amax(dim=-1).argmax(dim=1))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
 def score_batches(projector, images, quats, shifts_px, ctf, batch_size: int = 256):
