@@ -676,3 +676,20 @@ def test_fit_recentre_trains_and_predicts_on_recentred_particles(workdir):
     rest = str(workdir / "split/rest.star")
     assert main(["predict", rest, "--model", str(model), "--out", str(out)]) == 0
     assert len(skpose.read_particles(out)) == len(skpose.read_particles(rest))
+
+
+def test_predict_hypotheses_refines_the_best_of_the_turned_answers(workdir, capsys):
+    model, out = workdir / "model.joblib", workdir / "hypotheses" / "predicted.star"
+    rest = str(workdir / "split/rest.star")
+    argv = ["predict", rest, "--model", str(model), "--out", str(out)]
+    assert main([*argv, "--refine", "--hypotheses", "4"]) == 0
+    assert len(skpose.read_particles(out)) == len(skpose.read_particles(rest))
+    # The saved model keeps its own setting.
+    assert joblib.load(model)["estimator"].hypotheses == 1
+    capsys.readouterr()
+    assert main([*argv, "--hypotheses", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--hypotheses" in err and "--refine" in err and "\n" not in err
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--refine", "--hypotheses", "3"])
+    assert exit_.value.code == 2

@@ -408,7 +408,6 @@ def test_lost_worker_loses_nothing(client, data, local_poses, source):
     assert_same_poses(poses, local_poses)
 
 
-
 class _Future:
     status = "finished"
 

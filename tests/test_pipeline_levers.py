@@ -1,5 +1,5 @@
 """The network pipeline's levers: training from the map, calibrated cone, fallback,
-recentring."""
+recentring, several hypotheses."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import torch
 
 import skpose
 from skpose import OrientationEstimator
+from skpose.estimators import _levers
+from skpose.geometry.rotations import axis_angle_to_quat, quat_multiply
 from skpose.imaging._centring import average_projection, estimate_origins, recentre
 from skpose.learn._simulated import MapSimulator, estimate_noise
 from skpose.search import _fallback
@@ -172,6 +174,7 @@ def test_fallback_threshold_and_merge():
         ({"refine_shift_px": -1.0}, "'refine_shift_px' parameter"),
         ({"snr_curriculum": 1}, "'snr_curriculum' parameter .* instance of 'bool'"),
         ({"recentre": "yes"}, "'recentre' parameter .* instance of 'bool'"),
+        ({"hypotheses": 3}, "'hypotheses' parameter .* among {1, 2, 4}"),
     ],
 )
 def test_lever_parameters_are_checked(data, params, match):
@@ -275,3 +278,58 @@ def test_recentre_is_used_at_fit_and_predict(data, monkeypatch):
     est.predict(test, ctf)
     np.testing.assert_allclose(starts[-1], poses.shifts_px)
     assert np.abs(poses.shifts_px).max() > 1.0
+
+
+@pytest.mark.parametrize("turns", [1, 2, 3])
+def test_a_quarter_turned_projection_is_the_turned_pose(turns):
+    volume = skpose.phantom_volume(BOX)
+    q = skpose.random_quaternions(6, random_state=3).numpy()
+    images = skpose.project(volume, q, np.zeros((6, 2)))
+    spin = axis_angle_to_quat(torch.tensor([0.0, 0.0, -turns * np.pi / 2]))
+    turned_pose = quat_multiply(spin.double().expand(6, 4), torch.as_tensor(q))
+    expected = skpose.project(volume, turned_pose.numpy(), np.zeros((6, 2)))
+    turned = _levers.quarter_turned(images, turns).numpy()
+    np.testing.assert_allclose(turned, expected, atol=1e-4 * np.abs(expected).max())
+    # Turning the turned pose back gives the pose.
+    back = _levers.turned_back(turned_pose.numpy(), turns).numpy()
+    assert skpose.angular_error(q, back).max() < 1e-5
+
+
+@pytest.mark.parametrize(("k", "right_call"), [(2, 1), (4, 2), (4, 3)])
+def test_hypotheses_keep_the_answer_that_fits_the_image(k, right_call, monkeypatch):
+    # A network that is right on one turned copy only (and answers at random on the
+    # others): the kept answer is its, turned back, for every particle.
+    volume = skpose.phantom_volume(BOX)
+    sim = skpose.simulate_particles(volume, 60, snr=None, max_shift=0, random_state=4)
+    est = _estimator(volume, max_iter=2, hypotheses=k, refine_cone_deg=60.0)
+    est.fit(sim.images[:20], sim.quaternions[:20])
+    truth = sim.quaternions[20:]
+    calls = []
+
+    def network(x, verbose, precision="fp32", compile=False):
+        calls.append(torch.as_tensor(x).numpy().copy())
+        if len(calls) - 1 != right_call:
+            return skpose.random_quaternions(len(x), random_state=len(calls)).numpy()
+        turns = right_call * 4 // k
+        spin = axis_angle_to_quat(torch.tensor([0.0, 0.0, -turns * np.pi / 2]))
+        return quat_multiply(
+            spin.double().expand(len(x), 4), torch.tensor(truth)
+        ).numpy()
+
+    monkeypatch.setattr(est.net_, "predict_quaternions", network)
+    q = est.predict(sim.images[20:])
+    assert len(calls) == k
+    np.testing.assert_allclose(calls[1], _levers.quarter_turned(calls[0], 4 // k))
+    assert skpose.angular_error(truth, q).max() < 1e-4
+    # Refined, the poses start from that answer (and stay there).
+    calls.clear()
+    poses = est.set_params(refine=True).predict_poses(sim.images[20:])
+    assert np.median(skpose.angular_error(truth, poses.quaternions)) < 0.5
+    # One hypothesis: the network's first answer alone.
+    calls.clear()
+    one = clone_of(est, hypotheses=1, refine=False)
+    monkeypatch.setattr(one.net_, "predict_quaternions", network)
+    assert np.median(skpose.angular_error(truth, one.predict(sim.images[20:]))) > 30
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match=r"'hypotheses' parameter .* 1, 2 or 4"):
+        clone_of(est, hypotheses=3).predict(sim.images[20:])

@@ -205,6 +205,14 @@ def _add_predict(sub) -> None:
         default=None,
         help="the model's map, for --refine (default: the path recorded by fit)",
     )
+    p.add_argument(
+        "--hypotheses",
+        type=int,
+        choices=(1, 2, 4),
+        default=1,
+        help="with --refine: the network also sees each particle turned by quarter "
+        "turns; the answer whose projection fits the image best is refined",
+    )
     p.add_argument("--batch-size", type=_POSITIVE_INT, default=256)
     p.add_argument("--max-open-files", type=_POSITIVE_INT, default=32)
     p.add_argument(

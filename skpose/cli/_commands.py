@@ -400,7 +400,13 @@ def predict(args) -> None:
     """
     model = _load_model(args.model)
     _safety.check_not_inputs(args, {"map": args.volume or model["estimator"].volume})
+    if args.hypotheses != 1 and not args.refine:
+        raise ValueError(
+            "--hypotheses scores the network's answers against the map: add --refine."
+        )
     est = _refining(model, args.volume) if args.refine else model["estimator"]
+    if args.refine:
+        est.set_params(hypotheses=args.hypotheses)
     est.set_params(verbose=0)  # one progress bar below, not one per batch
     particles = _read(args.particles, "predicting")
     target = _rescale_box(particles, model)
