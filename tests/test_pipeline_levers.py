@@ -333,3 +333,12 @@ def test_hypotheses_keep_the_answer_that_fits_the_image(k, right_call, monkeypat
     assert len(calls) == 1
     with pytest.raises(ValueError, match=r"'hypotheses' parameter .* 1, 2 or 4"):
         clone_of(est, hypotheses=3).predict(sim.images[20:])
+
+
+def test_hypotheses_calibrate_the_cone_and_the_fallback(data):
+    # fit's calibration chooses among the hypotheses before the cone is known.
+    volume, sim = data
+    params = {"hypotheses": 2, "refine_cone_deg": "auto", "fallback": "search"}
+    est = _fit(_estimator(volume, **params), sim)
+    assert 0 < est.refine_cone_deg_ <= 90 and np.isfinite(est.fallback_threshold_)
+    assert len(est.calibration_["network_errors_deg"]) == 20

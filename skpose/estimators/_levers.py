@@ -180,6 +180,9 @@ def best_hypotheses(est, X: torch.Tensor, hyps: np.ndarray, start, ctf) -> np.nd
     full box with origins ``start`` (pixels), at the resolution of the refinement's
     second round (a quarter of the cone: 15 degrees for cone 60).
     """
+    # fit's calibration runs before a cone "auto" is known: the default cone then.
+    pending = est.refine_cone_deg == "auto" and not hasattr(est, "refine_cone_deg_")
+    cone = est._default_cone_deg() if pending else est._cone_deg()
     device = est.net_.device
     x = X.to(device)
     like = {"dtype": x.dtype, "device": device}
@@ -190,6 +193,6 @@ def best_hypotheses(est, X: torch.Tensor, hyps: np.ndarray, start, ctf) -> np.nd
             torch.as_tensor(hyps, **like),
             torch.as_tensor(start, **like),
             ctf,
-            step_deg=est._cone_deg() / 4,
+            step_deg=cone / 4,
         )
     return hyps[np.arange(len(hyps)), index.cpu().numpy()]
