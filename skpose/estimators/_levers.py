@@ -173,12 +173,15 @@ def turned_hypotheses(net, inp, k: int, verbose: bool, precision, compile):
     return torch.stack(out, dim=1).numpy()
 
 
-def best_hypotheses(est, X: torch.Tensor, hyps: np.ndarray, start, ctf) -> np.ndarray:
+def best_hypotheses(
+    est, X: torch.Tensor, hyps: np.ndarray, start, ctf, projector=None
+) -> np.ndarray:
     """Of hypotheses ``hyps`` ``(n, k, 4)``, each image's best (numpy ``(n, 4)``).
 
     Scored by :func:`skpose.search._local.best_candidates` on the images ``X`` at the
     full box with origins ``start`` (pixels), at the resolution of the refinement's
-    second round (a quarter of the cone: 15 degrees for cone 60).
+    second round (a quarter of the cone: 15 degrees for cone 60), with ``projector``
+    (the estimator's full-box projector, built here when None).
     """
     # fit's calibration runs before a cone "auto" is known: the default cone then.
     pending = est.refine_cone_deg == "auto" and not hasattr(est, "refine_cone_deg_")
@@ -188,7 +191,7 @@ def best_hypotheses(est, X: torch.Tensor, hyps: np.ndarray, start, ctf) -> np.nd
     like = {"dtype": x.dtype, "device": device}
     with torch.no_grad():
         index = best_candidates(
-            est._full_projector(device),
+            est._full_projector(device) if projector is None else projector,
             x,
             torch.as_tensor(hyps, **like),
             torch.as_tensor(start, **like),

@@ -702,26 +702,31 @@ class OrientationEstimator(PoseEstimator):
         compile=False,
         origins=None,
         start=None,
+        projector=None,
     ):
         """The network's quaternions ``(n, 4)`` for checked images and CTF.
 
         ``origins``: the images' estimated origins when ``recentre`` (computed
         here when not given); the network sees the images recentred by them.
         ``start``: the origins (pixels) the hypotheses are scored at; default the
-        estimated origins, or zeros.
+        estimated origins, or zeros. ``projector``: the full-box projector they are
+        scored with, when the caller has one.
         """
         if origins is None:
             origins = self._estimated_origins(X, ctf)
         if start is None:
             start = np.zeros((X.shape[0], 2)) if origins is None else origins
         X_in = X if origins is None else recentre(X, origins)
-        return self._answers(X_in, X, start, ctf, precision, compile)
+        return self._answers(X_in, X, start, ctf, precision, compile, projector)
 
-    def _answers(self, X_in, X, start, ctf, precision="fp32", compile=False):
+    def _answers(
+        self, X_in, X, start, ctf, precision="fp32", compile=False, projector=None
+    ):
         """The network's answers for input images ``X_in`` (the images ``X`` as fed).
 
         With ``hypotheses > 1``: the best of the turned copies' answers, scored on
-        ``X`` at origins ``start`` (:func:`_levers.best_hypotheses`).
+        ``X`` at origins ``start`` (:func:`_levers.best_hypotheses`, with
+        ``projector`` when given).
         """
         inp = self._network_input(X_in, ctf)
         verbose, k = self.verbose >= 1, self.hypotheses
@@ -733,7 +738,7 @@ class OrientationEstimator(PoseEstimator):
         if k == 1:
             return self.net_.predict_quaternions(inp, verbose, precision, compile)
         hyps = _levers.turned_hypotheses(self.net_, inp, k, verbose, precision, compile)
-        return _levers.best_hypotheses(self, X, hyps, start, ctf)
+        return _levers.best_hypotheses(self, X, hyps, start, ctf, projector)
 
     def _poses(self, X: torch.Tensor, start: np.ndarray | None, ctf, **options):
         """Network poses, refined when ``refine=True``, scored at the full box.
@@ -746,10 +751,12 @@ class OrientationEstimator(PoseEstimator):
         origins = self._estimated_origins(X, ctf)
         if start is None:
             start = np.zeros((X.shape[0], 2)) if origins is None else origins
-        q = self._network(X, ctf, origins=origins, start=start, **options)
         device = self.net_.device
         x = X.to(device)
-        projector = self._full_projector(device)
+        projector = self._full_projector(device)  # one for hypotheses, refine, score
+        q = self._network(
+            X, ctf, origins=origins, start=start, projector=projector, **options
+        )
         margin = np.full(len(q), np.nan)
         if self.refine:
             q, start, _, margin = self._refined(projector, x, q, start, ctf)
